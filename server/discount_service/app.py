@@ -1,0 +1,155 @@
+"""Wiring: `create_server(settings) -> (server, port)`, shared by `discount serve` and the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from discount.v1 import discount_service_pb2 as pb
+
+from .auth import Authenticator
+from .feed import ClaimFeed
+from .servicer import SERVICE_NAME, CallObserver, DiscountServicer, add_to_server
+from .service import DiscountService
+from .settings import Settings
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+HEALTH_CHECK_SECONDS = 1.0
+
+
+def resolve_database_url(settings: Settings) -> str:
+    if settings.database_url:
+        return settings.database_url
+    from .embedded import embedded_database_url
+
+    return embedded_database_url(settings.data_dir)
+
+
+def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    root = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+        root_certificates=root,
+        require_client_auth=root is not None,
+    )
+
+
+@dataclass
+class DiscountServer:
+    """The gRPC server plus what it owns: the store, the claim feed and the health reporter."""
+
+    grpc_server: grpc.aio.Server
+    store: Store
+    feed: ClaimFeed
+    service: DiscountService
+    health: health.aio.HealthServicer
+    settings: Settings
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _on_stop: list[Callable[[], object]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        await self.feed.start()
+        await self.grpc_server.start()
+        self._tasks.append(asyncio.get_running_loop().create_task(self._report_health()))
+
+    async def _report_health(self) -> None:
+        serving: bool | None = None
+        while True:
+            ok = await self.store.ping(timeout=HEALTH_CHECK_SECONDS)
+            if ok != serving:
+                status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+                await self.health.set("", status)
+                await self.health.set(SERVICE_NAME, status)
+                log.info("database %s: health %s", "reachable" if ok else "unreachable", "SERVING" if ok else "NOT_SERVING")
+                serving = ok
+            await asyncio.sleep(HEALTH_CHECK_SECONDS)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: refuse new calls, end watch streams, let in-flight calls finish."""
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        for task in self._tasks:
+            task.cancel()
+        await self.feed.stop()
+        await self.grpc_server.stop(grace)
+        for hook in self._on_stop:
+            hook()
+        await self.store.close()
+
+    async def wait_for_termination(self) -> None:
+        await self.grpc_server.wait_for_termination()
+
+
+async def create_server(
+    settings: Settings,
+    *,
+    database_url: str | None = None,
+    observe: CallObserver | None = None,
+) -> tuple[DiscountServer, int]:
+    """Builds a ready-to-start server bound to `settings.listen` (port 0 picks a free port).
+
+    Opens the pool and migrates the schema first, so a server that starts can serve.
+    """
+    url = database_url or resolve_database_url(settings)
+    store = Store(
+        url,
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        timeout=settings.db_timeout_seconds,
+    )
+    await store.migrate()
+    await store.open(wait=True)
+    feed = ClaimFeed(store, poll_seconds=settings.feed_poll_seconds)
+    service = DiscountService(store, feed)
+
+    jwt_verifier = None
+    if settings.jwt_secret or settings.jwt_public_key:
+        from .tokens import JwtVerifier
+
+        jwt_verifier = JwtVerifier.from_settings(settings)
+    authenticator = Authenticator(
+        store.find_api_key, cache_seconds=settings.key_cache_seconds, jwt_verifier=jwt_verifier
+    )
+
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
+        # Keep idle watch streams alive through proxies and notice dead peers.
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+    server = grpc.aio.server(options=options)
+    add_to_server(
+        DiscountServicer(service, authenticator, default_timeout=settings.default_call_timeout_seconds, observe=observe),
+        server,
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (pb.DESCRIPTOR.services_by_name["DiscountService"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME),
+        server,
+    )
+    credentials = _server_credentials(settings)
+    if credentials is None:
+        port = server.add_insecure_port(settings.listen)
+    else:
+        port = server.add_secure_port(settings.listen, credentials)
+    if port == 0:
+        with contextlib.suppress(Exception):
+            await store.close()
+        raise OSError(f"could not listen on {settings.listen}; is another server using it?")
+    return DiscountServer(server, store, feed, service, health_servicer, settings), port

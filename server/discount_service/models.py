@@ -1,0 +1,77 @@
+"""Plain records passed between the store, the domain and the transport."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+
+
+class Role(str, Enum):
+    ADMIN = "admin"
+    BRAND = "brand"
+    SERVICE = "service"
+    USER = "user"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: an API key's role (and brand), or a signed-in shopper (`user`)."""
+
+    role: Role
+    key_id: str
+    brand_id: str | None = None
+    user_id: str | None = None
+    email: str | None = None
+
+
+@dataclass(frozen=True)
+class Brand:
+    brand_id: str
+    name: str
+    created_at: datetime
+    total_codes: int = 0
+    claimed: int = 0
+
+
+@dataclass(frozen=True)
+class ApiKeyInfo:
+    key_id: str
+    role: Role
+    brand_id: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Claim:
+    sequence: int
+    brand_id: str
+    code: str
+    user_id: str
+    email: str
+    claimed_at: datetime
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    claim: Claim
+    newly_claimed: bool
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    brand_id: str
+    batch_id: str
+    generated: int
+    available: int
+
+
+@dataclass(frozen=True)
+class BrandStats:
+    brand_id: str
+    total: int
+    available: int
+    claimed: int
+    expired: int

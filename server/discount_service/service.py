@@ -1,0 +1,132 @@
+"""The domain: what each operation means, who may do it, and what counts as valid.
+
+No gRPC here and no SQL: the servicer translates protobuf to these calls, and the store runs
+the statements.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+from . import codes, errors, validation
+from .auth import require_brand_access, require_claim_access
+from .feed import ClaimFeed
+from .models import BrandStats, Claim, ClaimResult, GenerateResult, Principal
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+MAX_GENERATE = 1_000_000
+
+
+class DiscountService:
+    def __init__(self, store: Store, feed: ClaimFeed) -> None:
+        self._store = store
+        self._feed = feed
+        # Per brand, the highest code_key this process handed out: the claim query starts its
+        # index scan there instead of walking the claimed prefix (see migrations/0002).
+        self._claim_hints: dict[str, int] = {}
+
+    async def generate_codes(
+        self,
+        principal: Principal,
+        *,
+        brand_id: str,
+        count: int,
+        request_id: str = "",
+        code_length: int = 0,
+        prefix: str = "",
+        expires_at: datetime | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> GenerateResult:
+        validation.brand_id(brand_id)
+        require_brand_access(principal, brand_id)
+        if not 1 <= count <= MAX_GENERATE:
+            raise errors.InvalidArgument(f"count must be between 1 and {MAX_GENERATE:,}, got {count:,}")
+        validation.request_id(request_id)
+        length = code_length or codes.DEFAULT_LENGTH
+        if not codes.MIN_LENGTH <= length <= codes.MAX_LENGTH:
+            raise errors.InvalidArgument(
+                f"code_length must be between {codes.MIN_LENGTH} and {codes.MAX_LENGTH} (0 means {codes.DEFAULT_LENGTH})"
+            )
+        if not codes.PREFIX_PATTERN.fullmatch(prefix):
+            raise errors.InvalidArgument(
+                f"prefix must be at most {codes.MAX_PREFIX} characters of A-Z, 0-9 and '-', got {prefix[:32]!r}"
+            )
+        if not codes.space_is_safe(count, length):
+            raise errors.InvalidArgument(
+                f"code space too small: {count:,} codes of length {length} would fill more than "
+                f"{codes.MAX_SPACE_FRACTION:.2%} of the {codes.code_space(length):,} possible codes; "
+                f"use code_length >= {codes.minimum_safe_length(count)}"
+            )
+        if expires_at is not None and expires_at <= datetime.now(UTC):
+            raise errors.InvalidArgument("expires_at must be in the future")
+
+        if request_id:
+            found = await self._store.find_batch(brand_id, request_id)
+            if found is not None:
+                return await self._generated(brand_id, *found)
+        if await self._store.brand_key(brand_id) is None:
+            raise errors.NotFound(f"brand {brand_id!r} does not exist")
+        batch_id, generated = await self._store.generate_codes(
+            brand_id=brand_id,
+            request_id=request_id or None,
+            count=count,
+            code_length=length,
+            prefix=prefix,
+            expires_at=expires_at,
+            make_codes=lambda n: codes.make_codes(n, length, prefix),
+            on_progress=on_progress,
+        )
+        log.info("generated batch=%s brand=%s count=%d", batch_id, brand_id, generated)
+        return await self._generated(brand_id, batch_id, generated)
+
+    async def _generated(self, brand_id: str, batch_id: str, generated: int) -> GenerateResult:
+        stats = await self._stats(brand_id)
+        return GenerateResult(brand_id=brand_id, batch_id=batch_id, generated=generated, available=stats.available)
+
+    async def claim_code(self, principal: Principal, *, brand_id: str, user_id: str, email: str) -> ClaimResult:
+        validation.brand_id(brand_id)
+        validation.user_id(user_id)
+        validation.email(email)
+        require_claim_access(principal, user_id, email)
+        hint = self._claim_hints.get(brand_id, 0)
+        row = await self._store.claim_code(brand_id, user_id, email, hint)
+        if row.outcome == "brand_not_found":
+            raise errors.NotFound(f"brand {brand_id!r} does not exist")
+        if row.outcome == "exhausted":
+            raise errors.NoCodesLeft(f"brand {brand_id!r} has no codes left; ask the brand to generate more")
+        assert row.claim is not None
+        if row.code_key is not None:
+            if row.code_key > hint:
+                self._claim_hints[brand_id] = row.code_key
+            self._feed.claim_committed(brand_id)
+        return ClaimResult(claim=row.claim, newly_claimed=row.outcome == "claimed")
+
+    async def brand_stats(self, principal: Principal, *, brand_id: str) -> BrandStats:
+        validation.brand_id(brand_id)
+        require_brand_access(principal, brand_id)
+        return await self._stats(brand_id)
+
+    async def _stats(self, brand_id: str) -> BrandStats:
+        row = await self._store.brand_stats(brand_id)
+        if row is None:
+            raise errors.NotFound(f"brand {brand_id!r} does not exist")
+        return BrandStats(
+            brand_id=brand_id,
+            total=row.total,
+            available=row.total - row.claimed - row.expired,
+            claimed=row.claimed,
+            expired=row.expired,
+        )
+
+    async def open_watch(self, principal: Principal, *, brand_id: str, after_sequence: int) -> AsyncIterator[Claim]:
+        """Checks the request, then returns the claim stream (so errors surface before streaming)."""
+        validation.brand_id(brand_id)
+        require_brand_access(principal, brand_id)
+        brand_key = await self._store.brand_key(brand_id)
+        if brand_key is None:
+            raise errors.NotFound(f"brand {brand_id!r} does not exist")
+        return self._feed.watch(brand_id, brand_key, after_sequence)

@@ -1,0 +1,120 @@
+"""Configuration: read once from DISCOUNT_* environment variables into a frozen object."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable and what to do."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise SettingsError(f"{name}={value} must be positive")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server needs to start. Build it with `Settings.from_env()`."""
+
+    database_url: str | None = None
+    listen: str = "127.0.0.1:50051"
+    data_dir: Path = field(default_factory=lambda: Path.home() / ".local/share/discount")
+    pool_min_size: int = 4
+    pool_max_size: int = 24
+    # How long a call waits for a database connection before it fails with UNAVAILABLE.
+    db_timeout_seconds: float = 2.0
+    # How long a verified API key stays cached; a revoked key stops working within this time.
+    key_cache_seconds: float = 5.0
+    # SIGTERM: in-flight calls get this long to finish.
+    shutdown_grace_seconds: float = 10.0
+    # Largest request or response message, in bytes.
+    max_message_bytes: int = 1024 * 1024
+    # Unary calls without a client deadline are cut off after this long.
+    default_call_timeout_seconds: float = 30.0
+    # Watchers also poll this often, so a lost notification delays an event, never loses it.
+    feed_poll_seconds: float = 1.0
+    workers: int = 1
+    metrics_listen: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    jwt_secret: str | None = None
+    jwt_public_key: Path | None = None
+    jwt_algorithm: str = "HS256"
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+
+        def path(name: str) -> Path | None:
+            raw = env.get(name)
+            return Path(raw) if raw else None
+
+        tls_cert, tls_key = path("DISCOUNT_TLS_CERT"), path("DISCOUNT_TLS_KEY")
+        if (tls_cert is None) != (tls_key is None):
+            raise SettingsError("set both DISCOUNT_TLS_CERT and DISCOUNT_TLS_KEY, or neither")
+        if path("DISCOUNT_TLS_CLIENT_CA") and tls_cert is None:
+            raise SettingsError("DISCOUNT_TLS_CLIENT_CA needs DISCOUNT_TLS_CERT and DISCOUNT_TLS_KEY")
+        listen = env.get("DISCOUNT_LISTEN") or cls.listen
+        if ":" not in listen:
+            raise SettingsError(f"DISCOUNT_LISTEN={listen!r} must be HOST:PORT, e.g. 127.0.0.1:50051")
+        data_dir = path("DISCOUNT_DATA_DIR") or Path.home() / ".local/share/discount"
+        pool_min = _int(env, "DISCOUNT_POOL_MIN_SIZE", cls.pool_min_size, minimum=1)
+        pool_max = _int(env, "DISCOUNT_POOL_MAX_SIZE", cls.pool_max_size, minimum=1)
+        if pool_max < pool_min:
+            raise SettingsError("DISCOUNT_POOL_MAX_SIZE must be >= DISCOUNT_POOL_MIN_SIZE")
+        return cls(
+            database_url=env.get("DISCOUNT_DATABASE_URL") or None,
+            listen=listen,
+            data_dir=data_dir,
+            pool_min_size=pool_min,
+            pool_max_size=pool_max,
+            db_timeout_seconds=_float(env, "DISCOUNT_DB_TIMEOUT_SECONDS", cls.db_timeout_seconds),
+            key_cache_seconds=_float(env, "DISCOUNT_KEY_CACHE_SECONDS", cls.key_cache_seconds),
+            shutdown_grace_seconds=_float(env, "DISCOUNT_SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds),
+            max_message_bytes=_int(env, "DISCOUNT_MAX_MESSAGE_BYTES", cls.max_message_bytes, minimum=1024),
+            default_call_timeout_seconds=_float(
+                env, "DISCOUNT_DEFAULT_CALL_TIMEOUT_SECONDS", cls.default_call_timeout_seconds
+            ),
+            feed_poll_seconds=_float(env, "DISCOUNT_FEED_POLL_SECONDS", cls.feed_poll_seconds),
+            workers=_int(env, "DISCOUNT_WORKERS", cls.workers, minimum=1),
+            metrics_listen=env.get("DISCOUNT_METRICS_LISTEN") or None,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_client_ca=path("DISCOUNT_TLS_CLIENT_CA"),
+            jwt_secret=env.get("DISCOUNT_JWT_SECRET") or None,
+            jwt_public_key=path("DISCOUNT_JWT_PUBLIC_KEY"),
+            jwt_algorithm=env.get("DISCOUNT_JWT_ALGORITHM") or cls.jwt_algorithm,
+            jwt_issuer=env.get("DISCOUNT_JWT_ISSUER") or None,
+            jwt_audience=env.get("DISCOUNT_JWT_AUDIENCE") or None,
+            log_level=(env.get("DISCOUNT_LOG_LEVEL") or cls.log_level).upper(),
+        )

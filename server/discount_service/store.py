@@ -1,0 +1,447 @@
+"""The only module that talks to PostgreSQL.
+
+It executes the named statements of `sql/queries.sql`, applies `migrations/*.sql`, and turns
+psycopg errors into domain errors (errors.py) exactly once, here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+import psycopg
+import psycopg.errors
+from psycopg.rows import tuple_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from . import errors
+from .models import ApiKeyInfo, Brand, Claim, Role
+
+log = logging.getLogger(__name__)
+
+FEED_CHANNEL = "discount_claims"
+# Serialises schema migrations of every process that starts at the same time.
+_MIGRATION_LOCK_KEY = 0x44495343  # "DISC"
+# Rows per COPY chunk when generating: bounds memory whatever the batch size.
+GENERATION_CHUNK = 50_000
+
+
+def _load_queries() -> dict[str, str]:
+    text = resources.files(__package__).joinpath("sql/queries.sql").read_text()
+    queries: dict[str, str] = {}
+    for block in re.split(r"^-- name: ", text, flags=re.MULTILINE)[1:]:
+        name, _, body = block.partition("\n")
+        queries[name.strip()] = body.strip().rstrip(";")
+    return queries
+
+
+QUERIES = _load_queries()
+
+
+def _migrations() -> list[tuple[str, str]]:
+    folder = resources.files(__package__).joinpath("migrations")
+    files = sorted(f.name for f in folder.iterdir() if f.name.endswith(".sql"))
+    return [(name.removesuffix(".sql"), folder.joinpath(name).read_text()) for name in files]
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    return isinstance(
+        exc,
+        psycopg.OperationalError | PoolTimeout | psycopg.errors.AdminShutdown | psycopg.errors.CannotConnectNow,
+    ) and not isinstance(exc, psycopg.errors.QueryCanceled)
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turns a psycopg error into the domain error that says what happened."""
+    try:
+        yield
+    except errors.DiscountError:
+        raise
+    except psycopg.errors.UniqueViolation as exc:
+        constraint = exc.diag.constraint_name or ""
+        if constraint == "brands_brand_id_key":
+            raise errors.AlreadyExists("the brand already exists") from exc
+        raise errors.FailedPrecondition(f"conflict on {constraint or 'a unique key'}; retry the call") from exc
+    except (psycopg.DataError, psycopg.errors.CharacterNotInRepertoire, psycopg.errors.UntranslatableCharacter) as exc:
+        raise errors.InvalidArgument("a field holds a value the database cannot store (e.g. a NUL byte)") from exc
+    except psycopg.errors.QueryCanceled as exc:
+        raise errors.Unavailable("the database call timed out; retry") from exc
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        raise errors.Unavailable("the database is unavailable; retry with backoff") from exc
+
+
+@dataclass(frozen=True)
+class ClaimRow:
+    outcome: str  # 'claimed' | 'existing' | 'brand_not_found' | 'exhausted'
+    claim: Claim | None
+    code_key: int | None
+
+
+@dataclass(frozen=True)
+class StatsRow:
+    total: int
+    claimed: int
+    expired: int
+
+
+class Store:
+    """Async access to PostgreSQL through one connection pool, plus one LISTEN connection."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        min_size: int = 4,
+        max_size: int = 24,
+        timeout: float = 2.0,
+        application_name: str = "discount-service",
+    ) -> None:
+        self._conninfo = conninfo
+        self._application_name = application_name
+        self._pool = AsyncConnectionPool(
+            conninfo,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            open=False,
+            kwargs={"autocommit": True, "application_name": application_name},
+            reconnect_timeout=0,  # keep trying for as long as the database is away
+            name="discount",
+        )
+        self._checking = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self, wait: bool = True) -> None:
+        with translate_errors():
+            await self._pool.open(wait=wait, timeout=max(self._pool.timeout, 10.0))
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    def pool_stats(self) -> dict[str, int]:
+        return dict(self._pool.get_stats())
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        try:
+            async with self._pool.connection() as conn:
+                yield conn
+        except BaseException as exc:
+            if _is_connection_error(exc):
+                self._schedule_pool_check()
+            raise
+
+    def _schedule_pool_check(self) -> None:
+        """After a broken connection, replace the other dead ones instead of failing on each."""
+        if self._checking:
+            return
+        self._checking = True
+
+        async def check() -> None:
+            try:
+                await self._pool.check()
+            except Exception:  # noqa: BLE001 - best effort; the next call reports the outage
+                log.debug("pool check failed", exc_info=True)
+            finally:
+                self._checking = False
+
+        asyncio.get_running_loop().create_task(check())
+
+    async def _fetch(self, query: str, params: dict[str, Any], *, retry: bool = False) -> list[tuple[Any, ...]]:
+        """Runs one statement. `retry` (for idempotent statements only) hides one stale pooled
+        connection, e.g. after the database restarted or a backend was terminated."""
+        attempts = 2 if retry else 1
+        for attempt in range(attempts):
+            try:
+                with translate_errors():
+                    async with self._connection() as conn:
+                        cur = await conn.execute(QUERIES[query], params)
+                        return await cur.fetchall() if cur.description else []
+            except errors.Unavailable as exc:
+                cause = exc.__cause__
+                if attempt + 1 < attempts and not isinstance(cause, PoolTimeout):
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    async def ping(self, timeout: float = 1.0) -> bool:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._fetch("ping", {})
+            return True
+        except (errors.Unavailable, TimeoutError):
+            return False
+
+    # -- schema ------------------------------------------------------------------------------
+
+    async def migrate(self) -> list[str]:
+        """Applies pending migrations, one process at a time; returns the versions applied."""
+        applied: list[str] = []
+        with translate_errors():
+            async with await psycopg.AsyncConnection.connect(
+                self._conninfo, autocommit=True, application_name=f"{self._application_name}-migrate"
+            ) as conn:
+                await conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK_KEY,))
+                try:
+                    await conn.execute(
+                        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                        " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+                    )
+                    cur = await conn.execute("SELECT version FROM schema_migrations")
+                    done = {row[0] for row in await cur.fetchall()}
+                    for version, sql in _migrations():
+                        if version in done:
+                            continue
+                        async with conn.transaction():
+                            await conn.execute(sql.encode())
+                            await conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+                        applied.append(version)
+                        log.info("applied migration %s", version)
+                finally:
+                    await conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK_KEY,))
+        return applied
+
+    # -- brands and keys ---------------------------------------------------------------------
+
+    async def create_brand(self, brand_id: str, name: str) -> Brand:
+        rows = await self._fetch("create_brand", {"brand_id": brand_id, "name": name})
+        _, brand_id, name, created_at = rows[0]
+        return Brand(brand_id=brand_id, name=name, created_at=created_at)
+
+    async def list_brands(self) -> list[Brand]:
+        rows = await self._fetch("list_brands", {}, retry=True)
+        return [Brand(brand_id=r[0], name=r[1], created_at=r[2], total_codes=r[3], claimed=r[4]) for r in rows]
+
+    async def brand_key(self, brand_id: str) -> int | None:
+        rows = await self._fetch("get_brand_key", {"brand_id": brand_id}, retry=True)
+        return int(rows[0][0]) if rows else None
+
+    async def create_api_key(self, key_id: str, key_hash: bytes, role: Role, brand_id: str | None) -> None:
+        if brand_id is not None and await self.brand_key(brand_id) is None:
+            raise errors.NotFound(f"brand {brand_id!r} does not exist; create it with `discount brand create`")
+        await self._fetch(
+            "create_api_key", {"key_id": key_id, "key_hash": key_hash, "role": role.value, "brand_id": brand_id}
+        )
+
+    async def find_api_key(self, key_hash: bytes) -> tuple[str, Role, str | None] | None:
+        rows = await self._fetch("find_api_key", {"key_hash": key_hash}, retry=True)
+        if not rows:
+            return None
+        key_id, role, brand_id = rows[0]
+        return key_id, Role(role), brand_id
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        return bool(await self._fetch("revoke_api_key", {"key_id": key_id}, retry=True))
+
+    async def list_api_keys(self) -> list[ApiKeyInfo]:
+        rows = await self._fetch("list_api_keys", {}, retry=True)
+        return [ApiKeyInfo(key_id=r[0], role=Role(r[1]), brand_id=r[2], created_at=r[3], revoked_at=r[4]) for r in rows]
+
+    # -- claims ------------------------------------------------------------------------------
+
+    async def claim_code(self, brand_id: str, user_id: str, email: str, after_code_key: int) -> ClaimRow:
+        # The claim is idempotent per (brand, user), so a retry on a fresh connection is safe.
+        rows = await self._fetch(
+            "claim_code",
+            {"brand_id": brand_id, "user_id": user_id, "email": email, "after_code_key": after_code_key},
+            retry=True,
+        )
+        outcome, sequence, code, stored_email, claimed_at, expires_at, code_key = rows[0]
+        if outcome not in ("claimed", "existing"):
+            return ClaimRow(outcome=outcome, claim=None, code_key=None)
+        claim = Claim(
+            sequence=sequence,
+            brand_id=brand_id,
+            code=code,
+            user_id=user_id,
+            email=stored_email,
+            claimed_at=claimed_at,
+            expires_at=expires_at,
+        )
+        return ClaimRow(outcome=outcome, claim=claim, code_key=code_key)
+
+    async def notify_claims(self, payload: str) -> None:
+        await self._fetch("notify_claims", {"payload": payload})
+
+    async def feed_page(self, brand_id: str, brand_key: int, after_sequence: int, limit: int) -> list[Claim]:
+        rows = await self._fetch(
+            "feed_page", {"brand_key": brand_key, "after_sequence": after_sequence, "limit": limit}, retry=True
+        )
+        return [
+            Claim(
+                sequence=r[0], brand_id=brand_id, code=r[1], user_id=r[2], email=r[3], claimed_at=r[4], expires_at=r[5]
+            )
+            for r in rows
+        ]
+
+    async def feed_head(self, brand_key: int) -> int:
+        rows = await self._fetch("feed_head", {"brand_key": brand_key}, retry=True)
+        return int(rows[0][0]) if rows else 0
+
+    async def notifications(self, keepalive_seconds: float = 5.0) -> AsyncIterator[str | None]:
+        """Payloads of the claim channel from one dedicated LISTEN connection.
+
+        Yields None after every (re)connect: notifications sent while it was away are lost, so the
+        consumer must re-read the feed from its cursor then. Reconnects with backoff forever.
+        """
+        backoff = 0.05
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True, application_name=f"{self._application_name}-listen"
+                ) as conn:
+                    await conn.execute(f"LISTEN {FEED_CHANNEL}")
+                    backoff = 0.05
+                    yield None
+                    while True:
+                        async for note in conn.notifies(timeout=keepalive_seconds):
+                            yield note.payload
+                        await conn.execute("SELECT 1")  # idle: prove the connection is alive
+            except (psycopg.OperationalError, OSError) as exc:
+                log.warning("claim listener lost its connection (%s); reconnecting in %.2fs", type(exc).__name__, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    # -- generation --------------------------------------------------------------------------
+
+    async def find_batch(self, brand_id: str, request_id: str) -> tuple[str, int] | None:
+        rows = await self._fetch("find_batch", {"brand_id": brand_id, "request_id": request_id}, retry=True)
+        return (str(rows[0][0]), int(rows[0][1])) if rows else None
+
+    async def generate_codes(
+        self,
+        *,
+        brand_id: str,
+        request_id: str | None,
+        count: int,
+        code_length: int,
+        prefix: str,
+        expires_at: datetime | None,
+        make_codes: Callable[[int], list[str]],
+        on_progress: Callable[[int], None] | None = None,
+    ) -> tuple[str, int]:
+        """Inserts exactly `count` new codes in one transaction and returns (batch_id, generated).
+
+        Codes stream to COPY in chunks, so memory stays bounded. A collision (with the brand's
+        existing codes or within the batch) aborts the fast path; the exact path then stages
+        candidates and tops up until `count` new codes went in. A concurrent call with the same
+        request_id waits on the batch's unique key and then returns the first call's batch.
+        """
+        batch_id = str(uuid.uuid4())
+        with translate_errors():
+            async with self._connection() as conn:
+                cur = await conn.execute(QUERIES["get_brand_key"], {"brand_id": brand_id})
+                row = await cur.fetchone()
+                if row is None:
+                    raise errors.NotFound(f"brand {brand_id!r} does not exist")
+                brand_key = int(row[0])
+                try:
+                    async with conn.transaction():
+                        cur = await conn.execute(
+                            QUERIES["insert_batch"],
+                            {
+                                "batch_id": batch_id,
+                                "brand_key": brand_key,
+                                "request_id": request_id,
+                                "generated": count,
+                                "code_length": code_length,
+                                "prefix": prefix,
+                                "expires_at": expires_at,
+                            },
+                        )
+                        batch_row = await cur.fetchone()
+                        assert batch_row is not None
+                        batch_key = int(batch_row[0])
+                        head = f"{brand_key}\t{batch_key}\t{_copy_value(expires_at)}\t"
+                        try:
+                            async with conn.transaction():  # savepoint around the fast path
+                                await self._copy_direct(conn, head, count, make_codes, on_progress)
+                        except psycopg.errors.UniqueViolation:
+                            log.info("code collision in batch %s; taking the exact path", batch_id)
+                            await self._copy_exact(
+                                conn, brand_key, batch_key, expires_at, count, make_codes, on_progress
+                            )
+                        await conn.execute(QUERIES["add_total_codes"], {"count": count, "brand_key": brand_key})
+                except psycopg.errors.UniqueViolation as exc:
+                    if request_id and exc.diag.constraint_name == "code_batches_brand_key_request_id_key":
+                        found = await self.find_batch(brand_id, request_id)
+                        if found is not None:
+                            return found
+                    raise
+        return batch_id, count
+
+    async def _copy_direct(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        head: str,
+        count: int,
+        make_codes: Callable[[int], list[str]],
+        on_progress: Callable[[int], None] | None,
+    ) -> None:
+        async with conn.cursor().copy(QUERIES["copy_codes"]) as copy:
+            done = 0
+            separator = "\n" + head
+            while done < count:
+                n = min(GENERATION_CHUNK, count - done)
+                codes = make_codes(n)
+                await copy.write(head + separator.join(codes) + "\n")
+                done += n
+                if on_progress:
+                    on_progress(done)
+
+    async def _copy_exact(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        brand_key: int,
+        batch_key: int,
+        expires_at: datetime | None,
+        count: int,
+        make_codes: Callable[[int], list[str]],
+        on_progress: Callable[[int], None] | None,
+    ) -> None:
+        await conn.execute(QUERIES["create_staging"])
+        inserted = 0
+        for _ in range(64):
+            needed = count - inserted
+            if needed == 0:
+                return
+            await conn.execute(QUERIES["clear_staged_codes"])
+            async with conn.cursor().copy(QUERIES["copy_staged_codes"]) as copy:
+                staged = 0
+                while staged < needed:
+                    n = min(GENERATION_CHUNK, needed - staged)
+                    await copy.write("\n".join(make_codes(n)) + "\n")
+                    staged += n
+            cur = await conn.execute(
+                QUERIES["insert_staged_codes"],
+                {"brand_key": brand_key, "batch_key": batch_key, "expires_at": expires_at, "needed": needed},
+            )
+            row = await cur.fetchone()
+            inserted += int(row[0]) if row else 0
+            if on_progress:
+                on_progress(inserted)
+        raise errors.FailedPrecondition(
+            "could not find enough unused codes for this prefix and length; use a longer code_length"
+        )
+
+    async def brand_stats(self, brand_id: str) -> StatsRow | None:
+        rows = await self._fetch("brand_stats", {"brand_id": brand_id}, retry=True)
+        if not rows:
+            return None
+        total, claimed, expired = rows[0]
+        return StatsRow(total=int(total), claimed=int(claimed), expired=int(expired))
+
+
+def _copy_value(value: datetime | None) -> str:
+    """A value in COPY's text format."""
+    return "\\N" if value is None else value.isoformat()
