@@ -9,15 +9,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
 from discount.v1 import discount_service_pb2 as pb
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import reflection
 
 from .auth import Authenticator
 from .feed import ClaimFeed
-from .servicer import SERVICE_NAME, CallObserver, DiscountServicer, add_to_server
 from .service import DiscountService
+from .servicer import SERVICE_NAME, CallObserver, DiscountServicer, add_to_server
 from .settings import Settings
 from .store import Store
 
@@ -53,7 +53,7 @@ class DiscountServer:
     store: Store
     feed: ClaimFeed
     service: DiscountService
-    health: health.aio.HealthServicer
+    health: health_aio.HealthServicer
     settings: Settings
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _on_stop: list[Callable[[], object]] = field(default_factory=list)
@@ -71,7 +71,9 @@ class DiscountServer:
                 status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
                 await self.health.set("", status)
                 await self.health.set(SERVICE_NAME, status)
-                log.info("database %s: health %s", "reachable" if ok else "unreachable", "SERVING" if ok else "NOT_SERVING")
+                log.info(
+                    "database %s: health %s", "reachable" if ok else "unreachable", "SERVING" if ok else "NOT_SERVING"
+                )
                 serving = ok
             await asyncio.sleep(HEALTH_CHECK_SECONDS)
 
@@ -134,10 +136,12 @@ async def create_server(
     ]
     server = grpc.aio.server(options=options)
     add_to_server(
-        DiscountServicer(service, authenticator, default_timeout=settings.default_call_timeout_seconds, observe=observe),
+        DiscountServicer(
+            service, authenticator, default_timeout=settings.default_call_timeout_seconds, observe=observe
+        ),
         server,
     )
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (pb.DESCRIPTOR.services_by_name["DiscountService"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME),

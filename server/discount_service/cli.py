@@ -174,12 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.set_defaults(func=cmd_key_revoke)
     key.add_parser("list", help="list API keys (ids and roles, never the keys)").set_defaults(func=cmd_key_list)
 
-    try:
-        from .client_cli import add_client_commands
-    except ImportError:
-        pass
-    else:
-        add_client_commands(sub)
+    from .client_cli import add_client_commands
+    from .devstack import add_devstack_command
+
+    add_client_commands(sub)
+    add_devstack_command(sub)
     return parser
 
 

@@ -23,7 +23,7 @@ _REJECTED = bytes(range(_UNBIASED_LIMIT, 256))
 
 
 def code_space(length: int) -> int:
-    return len(ALPHABET) ** length
+    return int(len(ALPHABET) ** length)
 
 
 def minimum_safe_length(count: int) -> int:

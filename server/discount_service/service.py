@@ -49,7 +49,8 @@ class DiscountService:
         length = code_length or codes.DEFAULT_LENGTH
         if not codes.MIN_LENGTH <= length <= codes.MAX_LENGTH:
             raise errors.InvalidArgument(
-                f"code_length must be between {codes.MIN_LENGTH} and {codes.MAX_LENGTH} (0 means {codes.DEFAULT_LENGTH})"
+                f"code_length must be between {codes.MIN_LENGTH} and {codes.MAX_LENGTH} "
+                f"(0 means {codes.DEFAULT_LENGTH})"
             )
         if not codes.PREFIX_PATTERN.fullmatch(prefix):
             raise errors.InvalidArgument(

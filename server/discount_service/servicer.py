@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any, TypeVar
 
 import grpc
@@ -66,7 +66,7 @@ def claim_to_proto(claim: Claim) -> pb.Claim:
     return message
 
 
-def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
+def _metadata(context: Context, key: str) -> str | None:
     for name, value in context.invocation_metadata() or ():
         if name == key:
             return value if isinstance(value, str) else None
@@ -74,6 +74,7 @@ def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
 
 
 T = TypeVar("T")
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class DiscountServicer:
@@ -90,14 +91,14 @@ class DiscountServicer:
         self._default_timeout = default_timeout
         self._observe = observe
 
-    async def _principal(self, context: grpc.aio.ServicerContext) -> Principal:
+    async def _principal(self, context: Context) -> Principal:
         return await self._auth.authenticate(_metadata(context, "x-api-key"), _metadata(context, "authorization"))
 
     async def _unary(
         self,
         method: str,
         request: Any,
-        context: grpc.aio.ServicerContext,
+        context: Context,
         handler: Callable[[Principal], Awaitable[T]],
     ) -> T:
         started = time.perf_counter()
@@ -127,7 +128,7 @@ class DiscountServicer:
                 self._observe(method, code.name, time.perf_counter() - started)
         raise AssertionError("unreachable: abort raises")
 
-    async def GenerateCodes(self, request: Any, context: grpc.aio.ServicerContext) -> pb.GenerateCodesResponse:
+    async def GenerateCodes(self, request: Any, context: Context) -> pb.GenerateCodesResponse:
         async def handle(principal: Principal) -> pb.GenerateCodesResponse:
             expires_at = None
             if request.HasField("expires_at"):
@@ -153,7 +154,7 @@ class DiscountServicer:
 
         return await self._unary("GenerateCodes", request, context, handle)
 
-    async def ClaimCode(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ClaimCodeResponse:
+    async def ClaimCode(self, request: Any, context: Context) -> pb.ClaimCodeResponse:
         async def handle(principal: Principal) -> pb.ClaimCodeResponse:
             result = await self._service.claim_code(
                 principal, brand_id=request.brand_id, user_id=request.user_id, email=request.email
@@ -162,7 +163,7 @@ class DiscountServicer:
 
         return await self._unary("ClaimCode", request, context, handle)
 
-    async def GetBrandStats(self, request: Any, context: grpc.aio.ServicerContext) -> pb.GetBrandStatsResponse:
+    async def GetBrandStats(self, request: Any, context: Context) -> pb.GetBrandStatsResponse:
         async def handle(principal: Principal) -> pb.GetBrandStatsResponse:
             stats = await self._service.brand_stats(principal, brand_id=request.brand_id)
             return pb.GetBrandStatsResponse(
@@ -175,9 +176,7 @@ class DiscountServicer:
 
         return await self._unary("GetBrandStats", request, context, handle)
 
-    async def WatchClaims(
-        self, request: Any, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.WatchClaimsResponse]:
+    async def WatchClaims(self, request: Any, context: Context) -> AsyncIterator[pb.WatchClaimsResponse]:
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:

@@ -19,7 +19,6 @@ from typing import Any
 
 import psycopg
 import psycopg.errors
-from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from . import errors
@@ -308,7 +307,9 @@ class Store:
                             yield note.payload
                         await conn.execute("SELECT 1")  # idle: prove the connection is alive
             except (psycopg.OperationalError, OSError) as exc:
-                log.warning("claim listener lost its connection (%s); reconnecting in %.2fs", type(exc).__name__, backoff)
+                log.warning(
+                    "claim listener lost its connection (%s); reconnecting in %.2fs", type(exc).__name__, backoff
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 

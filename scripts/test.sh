@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs into .venv (and web/node_modules), then runs it all.
+# With DISCOUNT_TEST_DATABASE_URL unset, the tests start an embedded PostgreSQL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[test]'
+for setup in scripts/setup.d/*.sh; do
+  [ -e "$setup" ] && bash "$setup"
+done
+exec .venv/bin/python -m pytest "$@"
