@@ -1,0 +1,180 @@
+"""WatchClaims: replay, live delivery, exactly-once resume, and replicas sharing one feed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import psycopg
+import pytest
+from discount.v1 import discount_service_pb2 as pb
+
+from tests.support import ServerHandle, claim_request, create_brand, generate_codes_sql, in_process_server, sql
+
+
+async def _collect(stream: grpc.aio.UnaryStreamCall, until: int, timeout: float = 60) -> list[pb.Claim]:
+    claims: list[pb.Claim] = []
+
+    async def read() -> None:
+        async for reply in stream:
+            claims.append(reply.claim)
+            if len(claims) >= until:
+                return
+
+    await asyncio.wait_for(read(), timeout)
+    return claims
+
+
+async def test_watcher_sees_1500_concurrent_claims_exactly_once_then_resumes_from_the_middle(
+    server: ServerHandle,
+) -> None:
+    create_brand(server.database_url, "flash")
+    generate_codes_sql(server.database_url, "flash", 1600)
+    channel, stub = server.aio_stub()
+    async with channel:
+        live = stub.WatchClaims(pb.WatchClaimsRequest(brand_id="flash"), metadata=server.metadata())
+        watching = asyncio.create_task(_collect(live, 1500))
+        await asyncio.sleep(0.3)  # the watcher is attached before the sale starts
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(1500):
+            queue.put_nowait(i)
+        acknowledged: dict[str, str] = {}
+
+        async def worker() -> None:
+            while not queue.empty():
+                i = queue.get_nowait()
+                reply = await stub.ClaimCode(claim_request("flash", f"shopper-{i}"), metadata=server.metadata())
+                acknowledged[reply.claim.user_id] = reply.claim.code
+
+        await asyncio.gather(*(worker() for _ in range(32)))
+        seen = await watching
+        live.cancel()
+
+        assert [c.sequence for c in seen] == list(range(1, 1501))
+        assert {c.user_id: c.code for c in seen} == acknowledged
+        assert all(c.brand_id == "flash" and c.email.endswith("@example.com") for c in seen)
+
+        # A watcher that saw up to 750 reconnects and gets exactly the rest, then stays open.
+        resumed = stub.WatchClaims(
+            pb.WatchClaimsRequest(brand_id="flash", after_sequence=750), metadata=server.metadata()
+        )
+        rest = await _collect(resumed, 750)
+        assert [c.sequence for c in rest] == list(range(751, 1501))
+        assert [(c.user_id, c.code) for c in rest] == [(c.user_id, c.code) for c in seen[750:]]
+        # ...and the same stream carries the next claim live.
+        more = asyncio.create_task(_collect(resumed, 1, timeout=10))
+        extra = await stub.ClaimCode(claim_request("flash", "late-shopper"), metadata=server.metadata())
+        (live_claim,) = await more
+        assert (live_claim.sequence, live_claim.code) == (1501, extra.claim.code)
+        resumed.cancel()
+
+
+async def test_replay_from_zero_returns_history_oldest_first(server: ServerHandle) -> None:
+    create_brand(server.database_url, "acme")
+    generate_codes_sql(server.database_url, "acme", 10)
+    channel, stub = server.aio_stub()
+    async with channel:
+        codes = []
+        for i in range(5):
+            reply = await stub.ClaimCode(claim_request("acme", f"u{i}"), metadata=server.metadata())
+            codes.append(reply.claim.code)
+        stream = stub.WatchClaims(pb.WatchClaimsRequest(brand_id="acme", after_sequence=0), metadata=server.metadata())
+        history = await _collect(stream, 5)
+        stream.cancel()
+    assert [c.code for c in history] == codes
+    assert [c.user_id for c in history] == [f"u{i}" for i in range(5)]
+    assert [c.sequence for c in history] == [1, 2, 3, 4, 5]
+
+
+async def test_out_of_order_commits_never_skip_an_event(server: ServerHandle) -> None:
+    """ENGINEERING.md trap 4: a claim that started first but commits last must still be seen.
+
+    A transaction holds the brand's feed head (as a slow claim would, between taking its sequence
+    and committing); a second claim queues behind it. The watcher must see both, in order, with
+    no gap, and never skip past the first."""
+    create_brand(server.database_url, "acme")
+    generate_codes_sql(server.database_url, "acme", 10)
+    channel, stub = server.aio_stub()
+    async with channel:
+        stream = stub.WatchClaims(pb.WatchClaimsRequest(brand_id="acme"), metadata=server.metadata())
+        watching = asyncio.create_task(_collect(stream, 2, timeout=30))
+        async with await psycopg.AsyncConnection.connect(server.database_url) as slow:
+            # The slow claim: takes sequence 1 and a code, then stalls before commit.
+            await slow.execute("SELECT * FROM discount_claim('acme', 'slow-user', 'slow@example.com', 0)")
+            fast = asyncio.ensure_future(stub.ClaimCode(claim_request("acme", "fast-user"), metadata=server.metadata()))
+            await asyncio.sleep(1.5)  # longer than the feed poll: the watcher must not move past 1
+            assert not fast.done(), "the second claim must wait for the first's sequence to commit"
+            assert not watching.done()
+            await slow.commit()
+        fast_reply = await fast
+        seen = await watching
+        stream.cancel()
+    assert [(c.sequence, c.user_id) for c in seen] == [(1, "slow-user"), (2, "fast-user")]
+    assert fast_reply.claim.sequence == 2
+
+
+async def test_two_replicas_share_one_truth(server: ServerHandle) -> None:
+    """A watcher on replica A sees claims made through replica B, and both hand out from one pool."""
+    create_brand(server.database_url, "acme")
+    generate_codes_sql(server.database_url, "acme", 100)
+    async with in_process_server(server.database_url) as (_, replica_b):
+        chan_a, stub_a = server.aio_stub()
+        chan_b, stub_b = replica_b.aio_stub()
+        async with chan_a, chan_b:
+            stream = stub_a.WatchClaims(pb.WatchClaimsRequest(brand_id="acme"), metadata=server.metadata())
+            watching = asyncio.create_task(_collect(stream, 40, timeout=30))
+            await asyncio.sleep(0.3)
+            replies = await asyncio.gather(
+                *(
+                    (stub_a if i % 2 else stub_b).ClaimCode(claim_request("acme", f"u{i}"), metadata=server.metadata())
+                    for i in range(40)
+                )
+            )
+            # The same user through the other replica gets the same code.
+            again = await stub_a.ClaimCode(claim_request("acme", "u0"), metadata=server.metadata())
+            seen = await watching
+            stream.cancel()
+            stats_a = await stub_a.GetBrandStats(pb.GetBrandStatsRequest(brand_id="acme"), metadata=server.metadata())
+            stats_b = await stub_b.GetBrandStats(pb.GetBrandStatsRequest(brand_id="acme"), metadata=server.metadata())
+    assert again.claim.code == replies[0].claim.code and not again.newly_claimed
+    assert [c.sequence for c in seen] == list(range(1, 41))
+    assert {c.user_id: c.code for c in seen} == {r.claim.user_id: r.claim.code for r in replies}
+    assert len({r.claim.code for r in replies}) == 40
+    assert stats_a == stats_b
+    assert (stats_a.claimed, stats_a.available) == (40, 60)
+
+
+async def test_one_listen_connection_serves_many_watchers(server: ServerHandle) -> None:
+    create_brand(server.database_url, "acme")
+    create_brand(server.database_url, "globex")
+    channel, stub = server.aio_stub()
+    async with channel:
+        streams = [
+            stub.WatchClaims(pb.WatchClaimsRequest(brand_id=b), metadata=server.metadata())
+            for b in ("acme", "globex")
+            for _ in range(25)
+        ]
+        await asyncio.sleep(1.0)
+        listeners = sql(
+            server.database_url,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'discount-service-listen'"
+            " AND datname = current_database()",
+        )
+        assert listeners == [(1,)]
+        for s in streams:
+            s.cancel()
+
+
+async def test_watch_errors(server: ServerHandle) -> None:
+    create_brand(server.database_url, "acme")
+    channel, stub = server.aio_stub()
+    async with channel:
+        for request, expected in [
+            (pb.WatchClaimsRequest(brand_id="nope"), grpc.StatusCode.NOT_FOUND),
+            (pb.WatchClaimsRequest(brand_id=""), grpc.StatusCode.INVALID_ARGUMENT),
+            (pb.WatchClaimsRequest(brand_id="x" * 65), grpc.StatusCode.INVALID_ARGUMENT),
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for _ in stub.WatchClaims(request, metadata=server.metadata()):
+                    pass
+            assert err.value.code() == expected
