@@ -23,13 +23,14 @@ from typing import Any
 
 import grpc
 import psycopg
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from discount.v1 import discount_service_pb2 as pb
 from discount.v1 import discount_service_pb2_grpc as pb_grpc
 from discount_service.auth import new_api_key
 from discount_service.models import Role
 from discount_service.settings import Settings
 from discount_service.store import Store
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -6,11 +6,11 @@ from typing import Any
 
 import grpc
 import pytest
-from discount.v1 import discount_service_pb2 as pb
-from discount.v1 import discount_service_pb2_grpc as pb_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from discount.v1 import discount_service_pb2 as pb
+from discount.v1 import discount_service_pb2_grpc as pb_grpc
 from tests.support import ServerHandle, create_brand, create_key, generate_codes_sql, sql
 
 OK = grpc.StatusCode.OK

@@ -7,8 +7,8 @@ import asyncio
 import grpc
 import psycopg
 import pytest
-from discount.v1 import discount_service_pb2 as pb
 
+from discount.v1 import discount_service_pb2 as pb
 from tests.support import ServerHandle, claim_request, create_brand, generate_codes_sql, in_process_server, sql
 
 

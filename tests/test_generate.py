@@ -8,8 +8,8 @@ import time
 
 import grpc
 import pytest
-from discount.v1 import discount_service_pb2 as pb
 
+from discount.v1 import discount_service_pb2 as pb
 from discount_service import codes
 from tests.support import ServerHandle, create_brand, create_key, sql
 

@@ -9,10 +9,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
-from discount.v1 import discount_service_pb2 as pb
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
+
+from discount.v1 import discount_service_pb2 as pb
 
 from .auth import Authenticator
 from .feed import ClaimFeed

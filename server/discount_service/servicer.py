@@ -10,8 +10,9 @@ from datetime import UTC
 from typing import Any, TypeVar
 
 import grpc
-from discount.v1 import discount_service_pb2 as pb
 from google.protobuf.message import Message
+
+from discount.v1 import discount_service_pb2 as pb
 
 from . import errors
 from .auth import Authenticator
