@@ -1,0 +1,56 @@
+"""A typed client for the discount service (`discount.v1.DiscountService`).
+
+    from discount_client import DiscountClient, NoCodesLeft
+
+    with DiscountClient("discount:50051", api_key) as client:
+        try:
+            code = client.claim_code("acme", user_id, email).claim.code
+        except NoCodesLeft:
+            ...
+
+`AsyncDiscountClient` is the same for asyncio. See README.md, "Python client".
+"""
+
+from ._common import (
+    DEFAULT_ADDRESS,
+    DEFAULT_DEADLINE_SECONDS,
+    BrandStats,
+    Claim,
+    ClaimResult,
+    GenerateResult,
+    RetryPolicy,
+    WatchBackoff,
+)
+from .aio import AsyncDiscountClient
+from .client import DiscountClient
+from .errors import (
+    DeadlineExceeded,
+    DiscountError,
+    InvalidArgument,
+    NoCodesLeft,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
+
+__all__ = [
+    "DEFAULT_ADDRESS",
+    "DEFAULT_DEADLINE_SECONDS",
+    "AsyncDiscountClient",
+    "BrandStats",
+    "Claim",
+    "ClaimResult",
+    "DeadlineExceeded",
+    "DiscountClient",
+    "DiscountError",
+    "GenerateResult",
+    "InvalidArgument",
+    "NoCodesLeft",
+    "NotFound",
+    "PermissionDenied",
+    "RetryPolicy",
+    "Unauthenticated",
+    "Unavailable",
+    "WatchBackoff",
+]

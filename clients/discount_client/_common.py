@@ -1,0 +1,217 @@
+"""What the sync and async clients share: configuration, the retry service config, result types
+and protobuf conversion."""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+
+from discount.v1 import discount_service_pb2 as pb
+
+from .errors import InvalidArgument
+
+SERVICE_NAME = "discount.v1.DiscountService"
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_DEADLINE_SECONDS = 10.0
+
+# Watch streams end with these codes when the server, the network or a proxy goes away; the
+# watch iterator reconnects. Anything else (bad key, unknown brand, ...) is raised to the caller.
+WATCH_RECONNECT_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """gRPC's own retry policy for UNAVAILABLE, applied through the channel's service config.
+
+    gRPC waits a random time between 0 and the current backoff before each new attempt; the
+    backoff starts at `initial_backoff` and is multiplied by `multiplier` up to `max_backoff`.
+    gRPC caps `max_attempts` at 5. The call's deadline covers all attempts.
+    """
+
+    max_attempts: int = 5
+    initial_backoff: float = 0.2
+    max_backoff: float = 5.0
+    multiplier: float = 2.0
+
+    def service_config(self) -> dict[str, Any]:
+        return {
+            "methodConfig": [
+                {
+                    "name": [{"service": SERVICE_NAME}],
+                    "retryPolicy": {
+                        "maxAttempts": self.max_attempts,
+                        "initialBackoff": f"{self.initial_backoff:.3f}s",
+                        "maxBackoff": f"{self.max_backoff:.3f}s",
+                        "backoffMultiplier": self.multiplier,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ]
+        }
+
+
+@dataclass(frozen=True)
+class WatchBackoff:
+    """How the watch iterator waits between reconnects: exponential, with full jitter."""
+
+    initial: float = 0.1
+    maximum: float = 5.0
+    multiplier: float = 2.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before reconnect number `attempt` (0-based)."""
+        ceiling = min(self.maximum, self.initial * self.multiplier**attempt)
+        return random.uniform(ceiling / 2, ceiling)
+
+
+def channel_options(retry: RetryPolicy | None, extra: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    options: list[tuple[str, Any]] = [
+        # Reconnect quickly after a server restart (gRPC's default starts at 1 s and grows to 120 s).
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+        # Notice a dead peer on an idle watch stream; the server allows pings every 10 s.
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+    ]
+    if retry is None:
+        options += [("grpc.enable_retries", 0)]
+    else:
+        options += [
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", json.dumps(retry.service_config())),
+        ]
+    return options + list(extra)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim: which user got which code of a brand, and its position in the brand's feed."""
+
+    sequence: int
+    brand_id: str
+    code: str
+    user_id: str
+    email: str
+    claimed_at: datetime
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """The user's code of the brand; `newly_claimed` is False if the user already held it."""
+
+    claim: Claim
+    newly_claimed: bool
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    """A batch of codes. `request_id` is the idempotency key used (generated if none was given)."""
+
+    brand_id: str
+    batch_id: str
+    generated: int
+    available: int
+    request_id: str
+
+
+@dataclass(frozen=True)
+class BrandStats:
+    """A brand's code counts: total = available + claimed + expired."""
+
+    brand_id: str
+    total: int
+    available: int
+    claimed: int
+    expired: int
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4())
+
+
+def claim_from_proto(message: pb.Claim) -> Claim:
+    return Claim(
+        sequence=message.sequence,
+        brand_id=message.brand_id,
+        code=message.code,
+        user_id=message.user_id,
+        email=message.email,
+        claimed_at=message.claimed_at.ToDatetime(tzinfo=UTC),
+        expires_at=message.expires_at.ToDatetime(tzinfo=UTC) if message.HasField("expires_at") else None,
+    )
+
+
+def generate_request(
+    brand_id: str,
+    count: int,
+    *,
+    request_id: str | None,
+    prefix: str,
+    code_length: int,
+    expires_at: datetime | None,
+) -> pb.GenerateCodesRequest:
+    if not 0 <= count < 2**32 or not 0 <= code_length < 2**32:
+        raise InvalidArgument(
+            f"count and code_length must be non-negative 32-bit integers, got {count} and {code_length}",
+            code="INVALID_ARGUMENT",
+            method="GenerateCodes",
+        )
+    request = pb.GenerateCodesRequest(
+        brand_id=brand_id,
+        count=count,
+        request_id=request_id or new_request_id(),
+        code_length=code_length,
+        prefix=prefix,
+    )
+    if expires_at is not None:
+        if expires_at.tzinfo is None:
+            raise InvalidArgument(
+                "expires_at must be timezone-aware, e.g. datetime(..., tzinfo=UTC)",
+                code="INVALID_ARGUMENT",
+                method="GenerateCodes",
+            )
+        request.expires_at.FromDatetime(expires_at.astimezone(UTC))
+    return request
+
+
+def generate_result(response: pb.GenerateCodesResponse, request_id: str) -> GenerateResult:
+    return GenerateResult(
+        brand_id=response.brand_id,
+        batch_id=response.batch_id,
+        generated=response.generated,
+        available=response.available,
+        request_id=request_id,
+    )
+
+
+def claim_result(response: pb.ClaimCodeResponse) -> ClaimResult:
+    return ClaimResult(claim=claim_from_proto(response.claim), newly_claimed=response.newly_claimed)
+
+
+def brand_stats(response: pb.GetBrandStatsResponse) -> BrandStats:
+    return BrandStats(
+        brand_id=response.brand_id,
+        total=response.total,
+        available=response.available,
+        claimed=response.claimed,
+        expired=response.expired,
+    )

@@ -1,0 +1,142 @@
+"""`AsyncDiscountClient`: the asyncio client (grpc.aio)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from discount.v1 import discount_service_pb2 as pb
+from discount.v1 import discount_service_pb2_grpc as pb_grpc
+
+from . import _common
+from ._common import BrandStats, Claim, ClaimResult, GenerateResult, RetryPolicy, WatchBackoff
+from .errors import DiscountError, from_rpc_error
+
+log = logging.getLogger("discount_client")
+
+OnDisconnect = Callable[[DiscountError, float, int], None]
+
+
+class AsyncDiscountClient:
+    """The asyncio twin of `DiscountClient`: same arguments, same behaviour, awaitable calls.
+
+    >>> async with AsyncDiscountClient("127.0.0.1:50051", api_key) as client:
+    ...     result = await client.claim_code("acme", "user-42", "user42@example.com")
+    ...     async for claim in client.watch_claims("acme"):
+    ...         print(claim.sequence, claim.code)
+
+    Create it inside the event loop that uses it.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        api_key: str,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        deadline: float = _common.DEFAULT_DEADLINE_SECONDS,
+        retry: RetryPolicy | None = RetryPolicy(),
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        if deadline <= 0:
+            raise ValueError("deadline must be positive")
+        self.address = address
+        self.deadline = deadline
+        self._metadata = (("x-api-key", api_key),)
+        channel_options = _common.channel_options(retry, options)
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(address, options=channel_options)
+        else:
+            self._channel = grpc.aio.secure_channel(address, credentials, options=channel_options)
+        self._stub = pb_grpc.DiscountServiceStub(self._channel)  # type: ignore[no-untyped-call]
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    async def __aenter__(self) -> AsyncDiscountClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def _call(self, method: str, request: Any, timeout: float | None) -> Any:
+        try:
+            return await getattr(self._stub, method)(
+                request, metadata=self._metadata, timeout=self.deadline if timeout is None else timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, method) from exc
+
+    async def generate_codes(
+        self,
+        brand_id: str,
+        count: int,
+        *,
+        request_id: str | None = None,
+        prefix: str = "",
+        code_length: int = 0,
+        expires_at: datetime | None = None,
+        timeout: float | None = None,
+    ) -> GenerateResult:
+        """See `DiscountClient.generate_codes`."""
+        request = _common.generate_request(
+            brand_id, count, request_id=request_id, prefix=prefix, code_length=code_length, expires_at=expires_at
+        )
+        return _common.generate_result(await self._call("GenerateCodes", request, timeout), request.request_id)
+
+    async def claim_code(self, brand_id: str, user_id: str, email: str, *, timeout: float | None = None) -> ClaimResult:
+        """See `DiscountClient.claim_code`."""
+        request = pb.ClaimCodeRequest(brand_id=brand_id, user_id=user_id, email=email)
+        return _common.claim_result(await self._call("ClaimCode", request, timeout))
+
+    async def get_brand_stats(self, brand_id: str, *, timeout: float | None = None) -> BrandStats:
+        """See `DiscountClient.get_brand_stats`."""
+        request = pb.GetBrandStatsRequest(brand_id=brand_id)
+        return _common.brand_stats(await self._call("GetBrandStats", request, timeout))
+
+    async def watch_claims(
+        self,
+        brand_id: str,
+        after_sequence: int = 0,
+        *,
+        backoff: WatchBackoff = WatchBackoff(),
+        on_disconnect: OnDisconnect | None = None,
+    ) -> AsyncIterator[Claim]:
+        """See `DiscountClient.watch_claims`: every claim exactly once, across reconnects."""
+        cursor = after_sequence
+        failures = 0
+        while True:
+            call = self._stub.WatchClaims(
+                pb.WatchClaimsRequest(brand_id=brand_id, after_sequence=cursor),
+                metadata=self._metadata,
+                wait_for_ready=True,
+            )
+            error: DiscountError
+            try:
+                async for response in call:
+                    if response.claim.sequence <= cursor:
+                        continue  # never yield twice, whatever the server sends
+                    cursor = response.claim.sequence
+                    failures = 0
+                    yield _common.claim_from_proto(response.claim)
+                error = DiscountError("the server ended the stream", code="OK", method="WatchClaims")
+            except grpc.aio.AioRpcError as exc:
+                error = from_rpc_error(exc, "WatchClaims")
+                if exc.code() not in _common.WATCH_RECONNECT_CODES:
+                    raise error from exc
+            finally:
+                call.cancel()
+            delay = backoff.delay(failures)
+            failures += 1
+            log.info("watch of %s interrupted (%s: %s); reconnecting in %.2fs", brand_id, error.code, error, delay)
+            if on_disconnect is not None:
+                on_disconnect(error, delay, cursor)
+            await asyncio.sleep(delay)
