@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from discount.v1 import discount_service_pb2 as pb
-from discount.v1 import discount_service_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from discount.v1 import discount_service_pb2 as pb
+from discount.v1 import discount_service_pb2_grpc as pb_grpc
 from tests.support import claim_request, sql
 
 # A call that got one of these may or may not have committed; the client retries the same user.
@@ -48,6 +48,8 @@ class ClaimLoad:
     errors: Counter[str] = field(default_factory=Counter)
     conflicts: list[str] = field(default_factory=list)
     ok_calls: int = 0
+    # (started, finished, status name) of every call, for "what happened to calls in flight at t".
+    calls: list[tuple[float, float, str]] = field(default_factory=list)
     first_ok_after: dict[str, float] = field(default_factory=dict)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -71,11 +73,13 @@ class ClaimLoad:
             brand = self.brand_ids[n % len(self.brand_ids)]
             user = f"{self.prefix}-{worker}-{n}"
             while not self._stop.is_set():  # retry the same user until the claim is acknowledged
+                started = time.monotonic()
                 try:
                     reply = await stub.ClaimCode(
                         claim_request(brand, user), metadata=metadata, timeout=self.call_timeout
                     )
                 except grpc.aio.AioRpcError as exc:
+                    self.calls.append((started, time.monotonic(), exc.code().name))
                     self.errors[exc.code().name] += 1
                     if exc.code() not in RETRYABLE:
                         self.conflicts.append(f"{brand}/{user}: {exc.code().name} {exc.details()}")
@@ -83,6 +87,7 @@ class ClaimLoad:
                             return
                     await asyncio.sleep(0.05)
                     continue
+                self.calls.append((started, time.monotonic(), "OK"))
                 self._ack(brand, user, reply)
                 break
             n += 1
@@ -98,6 +103,10 @@ class ClaimLoad:
         seen = self.acked.setdefault((brand, user), reply.claim.code)
         if seen != reply.claim.code:
             self.conflicts.append(f"{brand}/{user}: acknowledged {seen} and then {reply.claim.code}")
+
+    def in_flight_at(self, moment: float) -> Counter[str]:
+        """Status counts of the calls that had started before `moment` and ended after it."""
+        return Counter(status for started, ended, status in self.calls if started < moment < ended)
 
     async def stop(self) -> None:
         self._stop.set()

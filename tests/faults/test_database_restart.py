@@ -12,10 +12,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from discount.v1 import discount_service_pb2_grpc as pb_grpc
-from discount_service.store import Store
 from grpc_health.v1 import health_pb2
 
+from discount.v1 import discount_service_pb2_grpc as pb_grpc
+from discount_service.store import Store
 from tests.faults.harness import ClaimLoad, OwnPostgres, Watcher, check_invariants, health_status
 from tests.support import (
     claim_request,

@@ -58,13 +58,18 @@ async def test_terminated_backends_under_load_keep_the_invariants(database_url: 
         total = await check_invariants(database_url, server.address, server.admin_key, brands, load)
         # The long-lived watcher, whose stream and LISTEN connection were cut over and over, saw it all.
         await watcher.wait_for(len([1 for b, _ in load.acked if b == brands[0]]))
-        head = sql(database_url, "SELECT last_sequence FROM brand_feed_heads h JOIN brands b USING (brand_key) "
-                   "WHERE b.brand_id = %s", (brands[0],))[0][0]
+        head = sql(
+            database_url,
+            "SELECT last_sequence FROM brand_feed_heads h JOIN brands b USING (brand_key) WHERE b.brand_id = %s",
+            (brands[0],),
+        )[0][0]
         await watcher.wait_for(head)
         assert watcher.problems == []
         assert [c.sequence for c in watcher.claims] == list(range(1, head + 1))
-        print(f"{total} claims in the database; watcher reopened {watcher.reopened} times, "
-              f"stream errors {dict(watcher.stream_errors)}")
+        print(
+            f"{total} claims in the database; watcher reopened {watcher.reopened} times, "
+            f"stream errors {dict(watcher.stream_errors)}"
+        )
     finally:
         await watcher.stop()
         assert await asyncio.to_thread(stop_process, server) == 0
