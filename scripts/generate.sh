@@ -2,7 +2,10 @@
 # Regenerates every stub from protos/. CI runs it and fails if the committed files change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python}"
+# The Python stubs come from the grpcio-tools pinned in the `test` extra (its version shapes the output).
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
 
 rm -f clients/discount/v1/discount_service_pb2*.py clients/discount/v1/discount_service_pb2*.pyi
 "$PYTHON" -m grpc_tools.protoc \

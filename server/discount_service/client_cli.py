@@ -1,10 +1,256 @@
-"""Client commands of the `discount` CLI (generate, claim, stats, watch): they call a running server."""
+"""Client commands of the `discount` CLI (generate, claim, stats, watch): they call a running server.
+
+They use `discount_client` (retries, deadlines, error mapping, resumable watch) and read
+DISCOUNT_ADDRESS (default 127.0.0.1:50051) and DISCOUNT_API_KEY. Every failure becomes one line
+on stderr and exit status 1 (through `CommandError`).
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
+
+import discount_client
+from discount_client import Claim, DiscountClient
+
+from .settings import Settings
+
+DEFAULT_CHUNK = 100_000
+MAX_REQUEST_ID = 128
+# Each GenerateCodes chunk gets this long; the server caps a call at its own default timeout.
+CHUNK_TIMEOUT_SECONDS = 120.0
+
+
+def _command_error(message: str) -> Exception:
+    from .cli import CommandError  # cli imports this module; import lazily to avoid a cycle
+
+    return CommandError(message)
+
+
+@contextmanager
+def _client() -> Iterator[DiscountClient]:
+    address = os.environ.get("DISCOUNT_ADDRESS") or discount_client.DEFAULT_ADDRESS
+    api_key = os.environ.get("DISCOUNT_API_KEY", "")
+    if not api_key:
+        raise _command_error("DISCOUNT_API_KEY is not set; create a key with `discount key create --role ...`")
+    client = DiscountClient(address, api_key)
+    try:
+        yield client
+    except discount_client.Unavailable as exc:
+        raise _command_error(f"cannot reach the discount service at {address} (DISCOUNT_ADDRESS): {exc}") from None
+    except discount_client.DiscountError as exc:
+        raise _command_error(f"{exc.method} failed: {exc.code}: {exc}") from None
+    finally:
+        client.close()
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def _claim_json(claim: Claim) -> dict[str, Any]:
+    return {
+        "sequence": claim.sequence,
+        "brand_id": claim.brand_id,
+        "code": claim.code,
+        "user_id": claim.user_id,
+        "email": claim.email,
+        "claimed_at": _iso(claim.claimed_at),
+        "expires_at": _iso(claim.expires_at),
+    }
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+# -- generate ------------------------------------------------------------------------------------
+
+
+def _parse_expires(raw: str | None) -> datetime | None:
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise _command_error(f"--expires {raw!r} is not an ISO 8601 time, e.g. 2030-01-31T23:59:59Z") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def chunk_sizes(count: int, chunk: int) -> list[int]:
+    """How `count` codes are split into GenerateCodes calls; chunk i has request_id f"{rid}-{i}"."""
+    return [min(chunk, count - start) for start in range(0, count, chunk)]
+
+
+def cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
+    from tqdm import tqdm
+
+    if args.count < 1:
+        raise _command_error(f"N must be at least 1, got {args.count}")
+    if not 1 <= args.chunk_size <= 1_000_000:
+        raise _command_error(f"--chunk-size must be between 1 and 1,000,000, got {args.chunk_size}")
+    expires_at = _parse_expires(args.expires)
+    request_id = args.request_id or str(uuid.uuid4())
+    chunks = chunk_sizes(args.count, args.chunk_size)
+    suffix = len(f"-{len(chunks) - 1}")
+    if len(request_id) + suffix > MAX_REQUEST_ID:
+        raise _command_error(
+            f"--request-id must be at most {MAX_REQUEST_ID - suffix} characters for {len(chunks)} chunk(s)"
+        )
+    if not args.request_id:
+        print(
+            f"request id {request_id}: if this run is interrupted, re-run it with --request-id {request_id}",
+            file=sys.stderr,
+            flush=True,
+        )
+    generated = 0
+    available = 0
+    with (
+        _client() as client,
+        tqdm(
+            total=args.count,
+            unit="codes",
+            unit_scale=True,
+            file=sys.stderr,
+            disable=args.count < args.progress_threshold,
+            desc=f"generating for {args.brand_id}",
+            mininterval=0.2,
+        ) as progress,
+    ):
+        rerun = f"re-run with --request-id {request_id} to finish without creating any code twice"
+        try:
+            for index, size in enumerate(chunks):
+                result = client.generate_codes(
+                    args.brand_id,
+                    size,
+                    request_id=f"{request_id}-{index}",
+                    prefix=args.prefix,
+                    code_length=args.length,
+                    expires_at=expires_at,
+                    timeout=CHUNK_TIMEOUT_SECONDS,
+                )
+                generated += result.generated
+                available = result.available
+                progress.update(size)
+        except discount_client.DiscountError as exc:
+            if generated == 0 and exc.code in {"INVALID_ARGUMENT", "NOT_FOUND", "PERMISSION_DENIED", "UNAUTHENTICATED"}:
+                raise  # nothing was created: the plain error says it all
+            raise _command_error(
+                f"GenerateCodes failed after {generated:,} of {args.count:,} codes: {exc.code}: {exc}; {rerun}"
+            ) from None
+        except KeyboardInterrupt:
+            progress.close()
+            print(f"discount: interrupted after {generated:,} of {args.count:,} codes; {rerun}", file=sys.stderr)
+            raise
+    _print(
+        f"generated {generated:,} codes for {args.brand_id} in {len(chunks)} chunk(s) "
+        f"(request id {request_id}); {available:,} available"
+    )
+
+
+# -- claim, stats, watch -------------------------------------------------------------------------
+
+
+def cmd_claim(args: argparse.Namespace, settings: Settings) -> None:
+    with _client() as client:
+        result = client.claim_code(args.brand_id, args.user_id, args.email)
+    claim = result.claim
+    if args.json:
+        _print(json.dumps({**_claim_json(claim), "newly_claimed": result.newly_claimed}))
+        return
+    how = "claimed" if result.newly_claimed else "already held"
+    expires = f", expires {_iso(claim.expires_at)}" if claim.expires_at else ""
+    _print(f"{claim.code}  ({how} by {claim.user_id} <{claim.email}>, sequence {claim.sequence}{expires})")
+
+
+def cmd_stats(args: argparse.Namespace, settings: Settings) -> None:
+    with _client() as client:
+        stats = client.get_brand_stats(args.brand_id)
+    if args.json:
+        _print(json.dumps(stats.__dict__))
+        return
+    _print(f"{'brand':<10} {stats.brand_id}")
+    for name in ("total", "available", "claimed", "expired"):
+        _print(f"{name:<10} {getattr(stats, name):,}")
+
+
+def _on_disconnect(error: discount_client.DiscountError, delay: float, cursor: int) -> None:
+    print(
+        f"discount: watch interrupted ({error.code}: {error}); reconnecting in {delay:.1f}s after sequence {cursor}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def cmd_watch(args: argparse.Namespace, settings: Settings) -> None:
+    if args.after < 0:
+        raise _command_error(f"--after must be at least 0, got {args.after}")
+    render: Callable[[Claim], str]
+    if args.json:
+        render = lambda claim: json.dumps(_claim_json(claim))  # noqa: E731
+    else:
+        render = lambda claim: "\t".join(  # noqa: E731
+            [str(claim.sequence), _iso(claim.claimed_at) or "", claim.code, claim.user_id, claim.email]
+        )
+    with _client() as client:
+        try:
+            for claim in client.watch_claims(args.brand_id, args.after, on_disconnect=_on_disconnect):
+                _print(render(claim))
+        except BrokenPipeError:
+            # The reader went away (e.g. `| head`): stop quietly, without a traceback at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+# -- parser --------------------------------------------------------------------------------------
 
 
 def add_client_commands(sub: Any) -> None:  # argparse's subparsers action has no public type
-    """Placeholder until the client commands land (issue 3)."""
-    del sub
+    """Adds generate, claim, stats and watch to the `discount` parser."""
+    env = "(server: DISCOUNT_ADDRESS, key: DISCOUNT_API_KEY)"
+
+    generate = sub.add_parser("generate", help=f"generate N codes for a brand, in idempotent chunks {env}")
+    generate.add_argument("brand_id", metavar="BRAND")
+    generate.add_argument("count", metavar="N", type=int)
+    generate.add_argument("--prefix", default="", help="fixed code prefix: up to 16 of A-Z, 0-9 and '-'")
+    generate.add_argument("--length", type=int, default=0, help="random characters per code, 6..32 (default 12)")
+    generate.add_argument(
+        "--expires", metavar="ISO8601", help="expiry time, e.g. 2030-01-31T23:59:59Z (UTC if no zone)"
+    )
+    generate.add_argument(
+        "--request-id",
+        metavar="ID",
+        help="idempotency key of the run: re-running with the same ID creates nothing twice (default: new, printed)",
+    )
+    generate.add_argument(
+        "--chunk-size",
+        type=int,
+        default=DEFAULT_CHUNK,
+        help=f"codes per GenerateCodes call (default {DEFAULT_CHUNK:,})",
+    )
+    generate.add_argument("--progress-threshold", type=int, default=10_000, help=argparse.SUPPRESS)
+    generate.set_defaults(func=cmd_generate)
+
+    claim = sub.add_parser("claim", help=f"claim a code of a brand for a user {env}")
+    claim.add_argument("brand_id", metavar="BRAND")
+    claim.add_argument("user_id", metavar="USER")
+    claim.add_argument("email", metavar="EMAIL")
+    claim.add_argument("--json", action="store_true", help="print the claim as one JSON object")
+    claim.set_defaults(func=cmd_claim)
+
+    stats = sub.add_parser("stats", help=f"count a brand's codes {env}")
+    stats.add_argument("brand_id", metavar="BRAND")
+    stats.add_argument("--json", action="store_true", help="print the counts as one JSON object")
+    stats.set_defaults(func=cmd_stats)
+
+    watch = sub.add_parser("watch", help=f"print a brand's claims live, one line each, across reconnects {env}")
+    watch.add_argument("brand_id", metavar="BRAND")
+    watch.add_argument("--after", metavar="SEQ", type=int, default=0, help="start after this sequence (default 0)")
+    watch.add_argument("--json", action="store_true", help="one JSON object per line")
+    watch.set_defaults(func=cmd_watch)
