@@ -14,3 +14,10 @@ rm -f clients/discount/v1/discount_service_pb2*.py clients/discount/v1/discount_
   --pyi_out=clients \
   --grpc_python_out=clients \
   protos/discount/v1/discount_service.proto
+
+# TypeScript stubs for the web page (web/src/gen), from the local protoc-gen-es in web/node_modules
+# (scripts/setup.d/40-browser.sh installs it). buf's remote plugins need a network we do not have.
+BUF="${BUF:-.venv/bin/buf}"
+[ -x "$BUF" ] || BUF=buf
+[ -x web/node_modules/.bin/protoc-gen-es ] || (cd web && npm ci --no-audit --no-fund --loglevel=error)
+"$BUF" generate --template web/buf.gen.yaml
