@@ -1,0 +1,1 @@
+"""Benchmark harness for the discount service: `python -m bench` (see README, docs/performance.md)."""

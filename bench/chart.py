@@ -1,0 +1,77 @@
+"""The PNG: claims/s over time per load phase, and the latency distributions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _phases(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    phases: list[tuple[str, dict[str, Any]]] = [("echo baseline", results["echo"])]
+    for c in results["workers_compare"]:
+        phases.append((f"ClaimCode, workers={c['workers']}", c))
+    phases.append(("fresh brand", results["decay"]["fresh"]))
+    phases.append((f"after {results['decay']['piled_up_claims']:,} claims", results["decay"]["after"]))
+    phases.append(("no watchers", results["watch"]["without_watchers"]))
+    phases.append(
+        (f"{results['watch']['with_watchers_events']['watchers']} watchers", results["watch"]["with_watchers"])
+    )
+    return phases
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(20, 6))
+    for label, phase in _phases(results):
+        ax1.plot(range(len(phase["per_second"])), phase["per_second"], label=label, marker=".")
+    pgb = results["pgbench"]["tps"]
+    ax1.axhline(pgb, color="grey", linestyle="--", label=f"pgbench {pgb:.0f} tps")
+    ax1.set_title("calls/s over time (1 s buckets; warm-up included)")
+    ax1.set_xlabel("second")
+    ax1.set_ylabel("completed calls per second")
+    ax1.legend(fontsize=8)
+    ax1.grid(alpha=0.3)
+
+    for label, phase in _phases(results):
+        sample = sorted(phase["latency_sample_ms"])
+        if sample:
+            ax2.plot(sample, [i / len(sample) for i in range(len(sample))], label=label)
+    ax2.set_xscale("log")
+    ax2.axvline(40, color="red", linestyle=":", label="p99 target 40 ms")
+    ax2.axhline(0.99, color="grey", linestyle=":")
+    ax2.set_title("per-call latency, cumulative distribution")
+    ax2.set_xlabel("ms (log)")
+    ax2.set_ylabel("fraction of calls")
+    ax2.legend(fontsize=8)
+    ax2.grid(alpha=0.3)
+
+    watch = results["watch"]
+    for label, events in (
+        (f"{watch['with_watchers_events']['watchers']} watchers, closed loop", watch["with_watchers_events"]),
+        (f"{watch['paced_events']['watchers']} watchers, {watch['paced_rate']:.0f} claims/s", watch["paced_events"]),
+    ):
+        sample = sorted(events["latency_sample_ms"])
+        if sample:
+            ax3.plot(sample, [i / len(sample) for i in range(len(sample))], label=label)
+    ax3.set_xscale("log")
+    ax3.axvline(5, color="orange", linestyle=":", label="p50 target 5 ms")
+    ax3.axvline(25, color="red", linestyle=":", label="p99 target 25 ms")
+    ax3.set_title("claim -> WatchClaims event latency (claimed_at to receipt)")
+    ax3.set_xlabel("ms (log)")
+    ax3.set_ylabel("fraction of events")
+    ax3.legend(fontsize=8)
+    ax3.grid(alpha=0.3)
+
+    machine = results["machine"]
+    fig.suptitle(
+        f"discount service benchmark ({results['profile']['name']}, {results['started_utc']}): "
+        f"{machine['cpus']} x {machine['cpu_model']}, {machine['postgres']}, commit {machine['git_commit']}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
