@@ -49,6 +49,7 @@ class AsyncDiscountClient:
         self.address = address
         self.deadline = deadline
         self._metadata = (("x-api-key", api_key),)
+        self._closed = False
         channel_options = _common.channel_options(retry, options)
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(address, options=channel_options)
@@ -57,6 +58,8 @@ class AsyncDiscountClient:
         self._stub = pb_grpc.DiscountServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
+        """Closes the channel; a `watch_claims` iterator in progress then simply ends."""
+        self._closed = True
         await self._channel.close(None)
 
     async def __aenter__(self) -> AsyncDiscountClient:
@@ -113,7 +116,7 @@ class AsyncDiscountClient:
         """See `DiscountClient.watch_claims`: every claim exactly once, across reconnects."""
         cursor = after_sequence
         failures = 0
-        while True:
+        while not self._closed:
             call = self._stub.WatchClaims(
                 pb.WatchClaimsRequest(brand_id=brand_id, after_sequence=cursor),
                 metadata=self._metadata,
@@ -128,7 +131,16 @@ class AsyncDiscountClient:
                     failures = 0
                     yield _common.claim_from_proto(response.claim)
                 error = DiscountError("the server ended the stream", code="OK", method="WatchClaims")
+            except asyncio.CancelledError:
+                # grpc.aio cancels calls in flight when the channel closes: then end quietly. A
+                # cancellation of the caller's own task propagates.
+                task = asyncio.current_task()
+                if self._closed and (task is None or task.cancelling() == 0):
+                    return
+                raise
             except grpc.aio.AioRpcError as exc:
+                if self._closed:
+                    return
                 error = from_rpc_error(exc, "WatchClaims")
                 if exc.code() not in _common.WATCH_RECONNECT_CODES:
                     raise error from exc

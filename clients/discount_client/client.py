@@ -56,6 +56,7 @@ class DiscountClient:
         self.address = address
         self.deadline = deadline
         self._metadata = (("x-api-key", api_key),)
+        self._closed = False
         channel_options = _common.channel_options(retry, options)
         if credentials is None:
             self._channel = grpc.insecure_channel(address, options=channel_options)
@@ -64,6 +65,8 @@ class DiscountClient:
         self._stub = pb_grpc.DiscountServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
+        """Closes the channel; a `watch_claims` iterator in progress then simply ends."""
+        self._closed = True
         self._channel.close()
 
     def __enter__(self) -> DiscountClient:
@@ -129,7 +132,7 @@ class DiscountClient:
         breaking out of the loop (or `close()` on the iterator)."""
         cursor = after_sequence
         failures = 0
-        while True:
+        while not self._closed:
             call = self._stub.WatchClaims(
                 pb.WatchClaimsRequest(brand_id=brand_id, after_sequence=cursor),
                 metadata=self._metadata,
@@ -145,6 +148,8 @@ class DiscountClient:
                     yield _common.claim_from_proto(response.claim)
                 error = DiscountError("the server ended the stream", code="OK", method="WatchClaims")
             except grpc.RpcError as exc:
+                if self._closed:
+                    return
                 error = from_rpc_error(exc, "WatchClaims")
                 code = exc.code() if isinstance(exc, grpc.Call) else None
                 if code not in _common.WATCH_RECONNECT_CODES:
