@@ -24,12 +24,14 @@ export function readToken(token: string): TokenClaims | null {
 }
 
 /** What the shopper should read for each way a claim can fail. */
-export function claimErrorMessage(err: ConnectError): string {
+export function claimErrorMessage(err: ConnectError, signedIn: boolean): string {
   switch (err.code) {
     case Code.ResourceExhausted:
       return "No codes left: this brand has given out all of its discount codes. Please check back later.";
     case Code.Unauthenticated:
-      return `Not signed in: please sign in again (${err.rawMessage}).`;
+      return signedIn
+        ? `Not signed in: your sign-in is no longer valid (${err.rawMessage}).`
+        : "Not signed in: please sign in to get your discount code.";
     case Code.PermissionDenied:
       return `Not allowed: ${err.rawMessage}.`;
     case Code.NotFound:
@@ -107,7 +109,7 @@ export function setupClaimView(client: DiscountClient, brand: string): void {
       result.hidden = false;
     } catch (err) {
       const e = ConnectError.from(err);
-      errorBox.textContent = claimErrorMessage(e);
+      errorBox.textContent = claimErrorMessage(e, token !== "");
       errorBox.dataset.code = Code[e.code];
       errorBox.hidden = false;
     } finally {

@@ -1,0 +1,277 @@
+"""The browser path for tests: a real `discount serve`, a real Envoy in front of it, the built page on a
+static server, a gRPC-Web client speaking plain HTTP, and headless Chromium driven by playwright-core."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import shutil
+import struct
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.message import Message
+
+from discount.v1 import discount_service_pb2 as pb
+from discount_service.devstack import WEB_DIST, EnvoyProcess, render_envoy_config, serve_page
+from discount_service.tokens import mint_token
+from tests.support import ROOT, ServerHandle, create_key, free_port, start_server_process, stop_process
+
+JWT_SECRET = "browser-tests-secret-0123456789abcdef"
+WEB = ROOT / "web"
+DRIVER = WEB / "tests" / "driver.mjs"
+CHROMIUM = "/usr/bin/chromium"
+SERVICE = "discount.v1.DiscountService"
+
+
+def token(user_id: str, email: str | None = None, ttl: int = 600, secret: str = JWT_SECRET) -> str:
+    return mint_token(secret, user_id, email=email, ttl_seconds=ttl)
+
+
+@dataclass
+class Stack:
+    server: ServerHandle
+    envoy: EnvoyProcess
+    envoy_url: str
+    page_url: str
+    origin: str
+    database_url: str
+
+    def service_key(self) -> str:
+        return create_key(self.database_url, "service")
+
+
+@contextlib.contextmanager
+def running_stack(database_url: str, work_dir: Path, *, brand: str = "") -> Iterator[Stack]:
+    """Server + Envoy + page server on free ports. The page's origin is the one Envoy allows."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    server = start_server_process(
+        database_url,
+        log_path=work_dir / "server.log",
+        extra_env={
+            "DISCOUNT_JWT_SECRET": JWT_SECRET,
+            "DISCOUNT_POOL_MIN_SIZE": "1",
+            "DISCOUNT_POOL_MAX_SIZE": "6",
+            "DISCOUNT_LOG_LEVEL": "WARNING",
+        },
+    )
+    try:
+        envoy_port, admin_port = free_port(), free_port()
+        envoy_url = f"http://127.0.0.1:{envoy_port}"
+        with serve_page(0, envoy_url, brand=brand) as (_, page_port):
+            origin = f"http://127.0.0.1:{page_port}"
+            config = work_dir / "envoy.yaml"
+            config.write_text(
+                render_envoy_config(
+                    listen_port=envoy_port,
+                    admin_port=admin_port,
+                    upstream_host="127.0.0.1",
+                    upstream_port=int(server.address.rsplit(":", 1)[1]),
+                    origins=[origin],
+                )
+            )
+            envoy = EnvoyProcess(config, envoy_port, admin_port, log_path=work_dir / "envoy.log")
+            envoy.start()
+            try:
+                yield Stack(server, envoy, envoy_url, f"{origin}/", origin, database_url)
+            finally:
+                envoy.stop()
+    finally:
+        stop_process(server)
+
+
+# -- gRPC-Web over plain HTTP, as a browser (or curl) sends it --------------------------------------
+
+
+@dataclass
+class GrpcWebReply:
+    http_status: int
+    headers: dict[str, str]
+    messages: list[bytes]
+    trailers: dict[str, str]
+
+    @property
+    def grpc_status(self) -> int:
+        return int(self.trailers.get("grpc-status", self.headers.get("grpc-status", "-1")))
+
+    @property
+    def grpc_message(self) -> str:
+        return urllib.parse.unquote(self.trailers.get("grpc-message", self.headers.get("grpc-message", "")))
+
+
+def frame(message: Message) -> bytes:
+    body = message.SerializeToString()
+    return b"\x00" + struct.pack(">I", len(body)) + body
+
+
+def parse_frames(data: bytes) -> tuple[list[bytes], dict[str, str]]:
+    messages: list[bytes] = []
+    trailers: dict[str, str] = {}
+    offset = 0
+    while offset + 5 <= len(data):
+        flags, length = data[offset], struct.unpack(">I", data[offset + 1 : offset + 5])[0]
+        payload = data[offset + 5 : offset + 5 + length]
+        offset += 5 + length
+        if flags & 0x80:
+            for line in payload.decode().split("\r\n"):
+                if ":" in line:
+                    name, _, value = line.partition(":")
+                    trailers[name.strip().lower()] = value.strip()
+        else:
+            messages.append(payload)
+    return messages, trailers
+
+
+def grpc_web_call(
+    envoy_url: str,
+    method: str,
+    request: Message,
+    *,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> GrpcWebReply:
+    """One gRPC-Web call through Envoy with urllib: a real HTTP/1.1 POST, like the page's fetch."""
+    http = urllib.request.Request(  # noqa: S310 - the test's own Envoy
+        f"{envoy_url}/{SERVICE}/{method}",
+        data=frame(request),
+        method="POST",
+        headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1", **(headers or {})},
+    )
+    try:
+        with urllib.request.urlopen(http, timeout=timeout) as response:  # noqa: S310
+            status, head, body = response.status, dict(response.headers.items()), response.read()
+    except urllib.error.HTTPError as exc:
+        status, head, body = exc.code, dict(exc.headers.items()), exc.read()
+    messages, trailers = parse_frames(body)
+    return GrpcWebReply(status, {k.lower(): v for k, v in head.items()}, messages, trailers)
+
+
+def claim_via_envoy(envoy_url: str, brand: str, user: str, email: str, headers: dict[str, str]) -> GrpcWebReply:
+    return grpc_web_call(
+        envoy_url, "ClaimCode", pb.ClaimCodeRequest(brand_id=brand, user_id=user, email=email), headers=headers
+    )
+
+
+# -- headless Chromium ------------------------------------------------------------------------------
+
+
+class Browser:
+    """Chromium (Debian's /usr/bin/chromium, headless) under playwright-core, via web/tests/driver.mjs."""
+
+    def __init__(self, log_path: Path) -> None:
+        node = shutil.which("node")
+        if node is None:
+            raise RuntimeError("node is not installed; scripts/setup.d/40-browser.sh needs it")
+        if not (WEB / "node_modules" / "playwright-core").exists():
+            raise RuntimeError("web/node_modules is missing: run scripts/setup.d/40-browser.sh")
+        if not (WEB_DIST / "app.js").exists():
+            raise RuntimeError("the page is not built: run scripts/setup.d/40-browser.sh")
+        self._log = log_path.open("w")
+        self._proc = subprocess.Popen(
+            [node, str(DRIVER)],
+            cwd=WEB,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            env={"CHROMIUM": CHROMIUM, "PATH": "/usr/bin:/bin"},
+        )
+        self._replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self._next_id = 0
+        hello = self._wait(0, 60)
+        if not hello.get("ok"):
+            raise RuntimeError(f"could not start Chromium: {hello.get('error')}")
+        self.version = str(hello.get("version"))
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self._replies.put(json.loads(line))
+        self._replies.put(None)
+
+    def _wait(self, call_id: int, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                reply = self._replies.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise TimeoutError(f"browser driver gave no reply within {timeout}s") from None
+            if reply is None:
+                raise RuntimeError(f"browser driver exited ({self._proc.poll()})")
+            if reply.get("id") == call_id:
+                return reply
+
+    def call(self, cmd: str, reply_timeout: float = 30.0, **params: Any) -> Any:
+        self._next_id += 1
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(json.dumps({"id": self._next_id, "cmd": cmd, **params}) + "\n")
+        self._proc.stdin.flush()
+        reply = self._wait(self._next_id, reply_timeout + 5)
+        if not reply.get("ok"):
+            console = "" if cmd == "console" else "\npage console:\n" + "\n".join(self.console())
+            raise AssertionError(f"browser {cmd} {params}: {reply.get('error')}{console}")
+        return reply.get("value")
+
+    def console(self) -> list[str]:
+        return list(self.call("console"))
+
+    def goto(self, url: str) -> None:
+        self.call("goto", url=url)
+
+    def fill(self, selector: str, value: str) -> None:
+        self.call("fill", selector=selector, value=value)
+
+    def click(self, selector: str) -> None:
+        self.call("click", selector=selector)
+
+    def text(self, selector: str) -> str:
+        return str(self.call("text", selector=selector) or "")
+
+    def wait_visible(self, selector: str, timeout: float = 15.0) -> None:
+        self.call("waitVisible", reply_timeout=timeout, selector=selector, timeout=int(timeout * 1000))
+
+    def wait_for(self, body: str, arg: Any = None, timeout: float = 20.0) -> Any:
+        """Waits until the JS function body (given `arg`) returns something truthy, in the page."""
+        return self.call("waitFunction", reply_timeout=timeout, body=body, arg=arg, timeout=int(timeout * 1000))
+
+    def evaluate(self, body: str, arg: Any = None) -> Any:
+        return self.call("eval", body=body, arg=arg)
+
+    def screenshot(self, path: Path) -> None:
+        self.call("screenshot", path=str(path))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._proc.poll() is None:
+                self.call("close", reply_timeout=10)
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._log.close()
+
+
+def table_sequences(browser: Browser) -> list[int]:
+    """The sequences shown in the live table, top to bottom."""
+    values = browser.evaluate(
+        "return [...document.querySelectorAll('#live-table tbody tr')].map(tr => Number(tr.dataset.sequence));"
+    )
+    return [int(v) for v in values]
+
+
+def table_codes(browser: Browser) -> list[str]:
+    values = browser.evaluate(
+        "return [...document.querySelectorAll('#live-table tbody tr')].map(tr => tr.cells[4].textContent);"
+    )
+    return [str(v) for v in values]
