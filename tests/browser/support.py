@@ -275,3 +275,35 @@ def table_codes(browser: Browser) -> list[str]:
         "return [...document.querySelectorAll('#live-table tbody tr')].map(tr => tr.cells[4].textContent);"
     )
     return [str(v) for v in values]
+
+
+@contextlib.contextmanager
+def module_stack(databases: Any, name: str) -> Iterator[Stack]:
+    """One stack shared by a test module, over its own database."""
+    url = databases.create()
+    try:
+        with running_stack(url, ROOT / "test-output" / name) as stack:
+            yield stack
+    finally:
+        databases.drop(url)
+
+
+STATUS_NAMES = {
+    0: "OK",
+    1: "CANCELLED",
+    2: "UNKNOWN",
+    3: "INVALID_ARGUMENT",
+    4: "DEADLINE_EXCEEDED",
+    5: "NOT_FOUND",
+    6: "ALREADY_EXISTS",
+    7: "PERMISSION_DENIED",
+    8: "RESOURCE_EXHAUSTED",
+    9: "FAILED_PRECONDITION",
+    10: "ABORTED",
+    11: "OUT_OF_RANGE",
+    12: "UNIMPLEMENTED",
+    13: "INTERNAL",
+    14: "UNAVAILABLE",
+    15: "DATA_LOSS",
+    16: "UNAUTHENTICATED",
+}
