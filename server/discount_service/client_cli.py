@@ -104,12 +104,6 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
         raise _command_error(
             f"--request-id must be at most {MAX_REQUEST_ID - suffix} characters for {len(chunks)} chunk(s)"
         )
-    if not args.request_id:
-        print(
-            f"request id {request_id}: if this run is interrupted, re-run it with --request-id {request_id}",
-            file=sys.stderr,
-            flush=True,
-        )
     generated = 0
     available = 0
     with (
@@ -139,6 +133,12 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
                 generated += result.generated
                 available = result.available
                 progress.update(size)
+                if index == 0 and not args.request_id:
+                    # Said once the first chunk worked, so a request that fails outright stays one line.
+                    progress.write(
+                        f"request id {request_id}: if this run is interrupted, re-run with --request-id {request_id}",
+                        file=sys.stderr,
+                    )
         except discount_client.DiscountError as exc:
             if generated == 0 and exc.code in {"INVALID_ARGUMENT", "NOT_FOUND", "PERMISSION_DENIED", "UNAUTHENTICATED"}:
                 raise  # nothing was created: the plain error says it all
