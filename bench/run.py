@@ -352,6 +352,7 @@ class Watchers:
             "channels": max(1, n // 10),
             "after_sequence": 0,
             "record_latency": record,
+            "drain_timeout": 600,
             "out": str(self.out),
         }
         self.process = subprocess.Popen(
@@ -384,7 +385,7 @@ class Watchers:
         self.process.stdin.write(line.encode() + b"\n")
         self.process.stdin.flush()
 
-    def finish(self, until: int, timeout: float = 180) -> dict[str, Any]:
+    def finish(self, until: int, timeout: float = 700) -> dict[str, Any]:
         self._send(f"until {until}")
         self.process.wait(timeout=timeout)
         return dict(json.loads(self.out.read_text()))
@@ -839,6 +840,7 @@ def main(argv: list[str] | None = None) -> int:
                 s.stop()
         pg.stop()
 
+    results["sanity"] = sanity(results)
     results["targets"] = build_targets(results)
     results["table"] = print_table(results["targets"])
     name = f"bench-{profile.name}-{stamp}"
@@ -849,4 +851,30 @@ def main(argv: list[str] | None = None) -> int:
     png_path = out_dir / f"{name}.png"
     chart(results, png_path)
     log(f"wrote {json_path} and {png_path}")
+    if results["sanity"]:
+        log("SANITY FAILURES (the service misbehaved under load):\n  " + "\n  ".join(results["sanity"]))
+        return 1
     return 0
+
+
+def sanity(r: dict[str, Any]) -> list[str]:
+    """Correctness under load, checked in every run (targets are reported, not enforced)."""
+    problems = []
+    phases = [r["echo"], *r["workers_compare"], r["decay"]["fresh"], r["decay"]["after"]]
+    phases += [r["watch"]["without_watchers"], r["watch"]["with_watchers"], r["watch"]["paced"]]
+    for p in phases:
+        if p["errors"] or p["repeats"]:
+            problems.append(f"{p['name']}: errors {p['errors']}, repeated users {p['repeats']}")
+        if p["calls"] == 0:
+            problems.append(f"{p['name']}: no calls completed")
+    for name in ("with_watchers_events", "paced_events"):
+        ev = r["watch"][name]
+        if not ev["every_watcher_got_every_event"]:
+            problems.append(f"{name}: not every watcher got every event: {ev['min_events']}..{ev['max_events']}")
+    if r["idle"]["listen_connections"] != 1:
+        problems.append(f"idle: {r['idle']['listen_connections']} LISTEN connections")
+    if r["idle"]["streams_with_probe_event"] != r["idle"]["streams"]:
+        problems.append("idle: not every stream got its event")
+    if r["generate"]["rpc"]["generated"] != r["generate"]["count"]:
+        problems.append("generate: wrong count")
+    return problems

@@ -103,7 +103,9 @@ LIMIT %(limit)s;
 SELECT last_sequence FROM brand_feed_heads WHERE brand_key = %(brand_key)s;
 
 -- name: notify_claims
-SELECT pg_notify('discount_claims', %(payload)s);
+-- A NOTIFY needs a transaction id, so with synchronous_commit its commit would wait for a WAL
+-- flush. It is only a wake-up hint (watchers also poll), so this one commit is asynchronous.
+SELECT set_config('synchronous_commit', 'off', true), pg_notify('discount_claims', %(payload)s);
 
 -- name: ping
 SELECT 1;
