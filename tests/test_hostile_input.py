@@ -1,0 +1,362 @@
+"""Hostile input: hypothesis drives every RPC with arbitrary strings (unicode, NUL, very long),
+numbers at and beyond their limits, missing fields, random credentials and random bytes as the
+request body, against one real `discount serve` process.
+
+The only allowed results are OK, INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED,
+FAILED_PRECONDITION, UNAUTHENTICATED and PERMISSION_DENIED; never INTERNAL or UNKNOWN. After each
+test the server is still SERVING, its log holds no traceback, and the brand's stats equal exactly
+what the successful calls did (rejected calls changed nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import strategies as st
+
+from discount.v1 import discount_service_pb2 as pb
+from discount.v1 import discount_service_pb2_grpc as pb_grpc
+from tests.support import (
+    Databases,
+    ServerHandle,
+    create_brand,
+    create_key,
+    generate_codes_sql,
+    sql,
+    start_server_process,
+    stop_process,
+)
+
+ALLOWED = {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+}
+BRAND = "hx"
+OTHER_BRAND = "hx-other"
+INITIAL_CODES = 2_000
+SERVICE = "/discount.v1.DiscountService/"
+MAX_MESSAGE = 1024 * 1024
+
+EXAMPLES = settings(
+    max_examples=500,
+    deadline=None,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
+
+
+@dataclass
+class Target:
+    """The server under attack, its keys, and what the successful calls did to BRAND."""
+
+    handle: ServerHandle
+    channel: grpc.Channel
+    stub: pb_grpc.DiscountServiceStub
+    keys: dict[str, str]
+    claimed: set[str] = field(default_factory=set)
+    batches: dict[str, int] = field(default_factory=dict)
+
+    def expected_stats(self) -> tuple[int, int, int]:
+        total = INITIAL_CODES + sum(self.batches.values())
+        return total, total - len(self.claimed), len(self.claimed)
+
+
+@pytest.fixture(scope="module")
+def target(databases: Databases, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    url = databases.create()
+    create_brand(url, BRAND)
+    create_brand(url, OTHER_BRAND)
+    generate_codes_sql(url, BRAND, INITIAL_CODES)
+    generate_codes_sql(url, OTHER_BRAND, 100)
+    # OTHER_BRAND's feed is not empty, so a watch from 0 gets a claim at once.
+    sql(url, "SELECT * FROM discount_claim(%s, 'seed', 'seed@example.com', 0)", (OTHER_BRAND,))
+    keys = {
+        "admin": create_key(url, "admin"),
+        "service": create_key(url, "service"),
+        "brand": create_key(url, "brand", BRAND),
+        "other-brand": create_key(url, "brand", OTHER_BRAND),
+    }
+    log = tmp_path_factory.mktemp("hostile") / "server.log"
+    handle = start_server_process(
+        url,
+        log_path=log,
+        admin_key=keys["admin"],
+        extra_env={"DISCOUNT_POOL_MIN_SIZE": "1", "DISCOUNT_POOL_MAX_SIZE": "4", "DISCOUNT_LOG_LEVEL": "WARNING"},
+    )
+    channel = grpc.insecure_channel(handle.address)
+    try:
+        yield Target(handle, channel, pb_grpc.DiscountServiceStub(channel), keys)
+    finally:
+        channel.close()
+        assert stop_process(handle) == 0
+        databases.drop(url)
+
+
+@pytest.fixture
+def checked(target: Target) -> Iterator[Target]:
+    """After the test: still SERVING, no traceback logged, stats exactly as the OK calls left them."""
+    yield target
+    health = health_pb2_grpc.HealthStub(target.channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    log = target.handle.log_text()
+    assert "Traceback" not in log and "internal error" not in log.lower(), log[-3000:]
+    stats = target.stub.GetBrandStats(
+        pb.GetBrandStatsRequest(brand_id=BRAND), metadata=(("x-api-key", target.keys["admin"]),), timeout=5
+    )
+    assert (stats.total, stats.available, stats.claimed) == target.expected_stats()
+    rows = sql(
+        target.handle.database_url,
+        "SELECT count(*) FROM claims c JOIN brands b USING (brand_key) WHERE b.brand_id = %s",
+        (BRAND,),
+    )
+    assert rows == [(len(target.claimed),)]
+
+
+# -- strategies ----------------------------------------------------------------------------------
+
+nasty_text = st.one_of(
+    st.text(),  # any unicode (no surrogates: protobuf strings must be UTF-8; raw bytes cover the rest)
+    st.text(st.characters(codec="utf-8"), min_size=60, max_size=70),  # around the 64-character limit
+    st.text(min_size=200, max_size=5000),  # very long
+    st.builds(lambda a, b: a + "\x00" + b, st.text(max_size=20), st.text(max_size=20)),  # NUL inside
+    st.sampled_from(
+        ["", " ", "\x00", "\u202e", "\ufeff", "a" * 64, "a" * 65, "a" * 129, "💸" * 64, "%s%n", "' OR 1=1 --"]
+    ),
+)
+
+
+def mostly(good: st.SearchStrategy[Any], bad: st.SearchStrategy[Any], percent: int = 70) -> st.SearchStrategy[Any]:
+    """`good` about `percent`% of the time: so calls also get past auth and validation to the database."""
+    return st.integers(0, 99).flatmap(lambda i: good if i < percent else bad)
+
+
+brand_ids = mostly(
+    st.sampled_from([BRAND, OTHER_BRAND]), st.one_of(st.sampled_from([BRAND.upper(), BRAND + " ", "nope"]), nasty_text)
+)
+user_ids = mostly(st.builds(lambda n: f"user-{n}", st.integers(0, 10_000)), nasty_text)
+emails = mostly(
+    st.one_of(st.builds(lambda n: f"u{n}@example.com", st.integers(0, 100)), st.emails()),
+    st.one_of(nasty_text, st.builds(lambda a: a + "@example.com", nasty_text)),
+)
+printable_ascii = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=300)
+valid_credentials = st.sampled_from(["admin", "service", "brand", "other-brand"])
+hostile_credentials = st.one_of(
+    st.just("none"),
+    st.tuples(st.just("x-api-key"), printable_ascii),
+    st.tuples(st.just("authorization"), printable_ascii),
+)
+# Mostly real keys (so the fields get validated), hostile credentials the rest of the time.
+credentials = mostly(valid_credentials, hostile_credentials)
+uint32 = st.one_of(st.integers(0, 2**32 - 1), st.sampled_from([0, 1, 5, 6, 32, 33, 2**31, 2**32 - 1]))
+uint64 = st.one_of(st.integers(0, 2**64 - 1), st.integers(0, 5), st.sampled_from([2**63 - 1, 2**63, 2**64 - 1]))
+
+
+def metadata(target: Target, credential: str | tuple[str, str]) -> tuple[tuple[str, str], ...]:
+    if isinstance(credential, tuple):
+        return (credential,)
+    if credential == "none":
+        return ()
+    return (("x-api-key", target.keys[credential]),)
+
+
+def call(fn: object, request: object, md: tuple[tuple[str, str], ...]) -> tuple[grpc.StatusCode, object]:
+    try:
+        reply = fn(request, metadata=md, timeout=10)  # type: ignore[operator]
+        event("OK")
+        return grpc.StatusCode.OK, reply
+    except grpc.RpcError as exc:
+        code = exc.code()  # type: ignore[attr-defined]
+        event(code.name)
+        assert code in ALLOWED, f"{code} {exc.details()} for {request!r}"[:2000]  # type: ignore[attr-defined]
+        return code, None
+
+
+# -- one test per RPC ----------------------------------------------------------------------------
+
+
+@EXAMPLES
+@given(brand=brand_ids, user=user_ids, email=emails, credential=credentials)
+def test_claim_code_with_hostile_fields(
+    checked: Target, brand: str, user: str, email: str, credential: str | tuple[str, str]
+) -> None:
+    request = pb.ClaimCodeRequest(brand_id=brand, user_id=user, email=email)
+    code, reply = call(checked.stub.ClaimCode, request, metadata(checked, credential))
+    if code is grpc.StatusCode.OK:
+        assert isinstance(reply, pb.ClaimCodeResponse)
+        assert reply.claim.user_id == user and reply.claim.brand_id == brand
+        if brand == BRAND:
+            checked.claimed.add(user)
+
+
+timestamps = st.one_of(
+    st.none(),
+    st.builds(
+        lambda s, n: Timestamp(seconds=s, nanos=n),
+        st.one_of(st.integers(-(2**63), 2**63 - 1), st.integers(0, 4_000_000_000), st.just(253402300800)),
+        st.one_of(st.just(0), st.integers(-(2**31), 2**31 - 1)),
+    ),
+)
+
+
+@EXAMPLES
+@given(
+    brand=brand_ids,
+    count=mostly(st.integers(1, 50), st.one_of(uint32, st.sampled_from([0, 1_000_000, 1_000_001]))),
+    request_id=st.one_of(st.just(""), st.sampled_from(["r1", "r2"]), nasty_text),
+    code_length=mostly(st.sampled_from([0, 6, 12, 32]), uint32),
+    prefix=mostly(st.sampled_from(["", "HX-", "A" * 16]), st.one_of(st.sampled_from(["A" * 17, "hx-"]), nasty_text)),
+    expires_at=mostly(st.one_of(st.none(), st.just(Timestamp(seconds=4_000_000_000))), timestamps),
+    credential=credentials,
+)
+def test_generate_codes_with_hostile_fields(
+    checked: Target,
+    brand: str,
+    count: int,
+    request_id: str,
+    code_length: int,
+    prefix: str,
+    expires_at: Timestamp | None,
+    credential: str | tuple[str, str],
+) -> None:
+    # Large valid batches are tested elsewhere; here they would only make the run slow.
+    assume(not (brand in (BRAND, OTHER_BRAND) and 50 < count <= 1_000_000))
+    request = pb.GenerateCodesRequest(
+        brand_id=brand, count=count, request_id=request_id, code_length=code_length, prefix=prefix
+    )
+    if expires_at is not None:
+        request.expires_at.CopyFrom(expires_at)
+    code, reply = call(checked.stub.GenerateCodes, request, metadata(checked, credential))
+    if code is grpc.StatusCode.OK:
+        assert isinstance(reply, pb.GenerateCodesResponse)
+        assert reply.brand_id == brand
+        if brand == BRAND:
+            checked.batches[reply.batch_id] = reply.generated
+
+
+@EXAMPLES
+@given(brand=brand_ids, credential=credentials)
+def test_get_brand_stats_with_hostile_fields(checked: Target, brand: str, credential: str | tuple[str, str]) -> None:
+    call(checked.stub.GetBrandStats, pb.GetBrandStatsRequest(brand_id=brand), metadata(checked, credential))
+
+
+@EXAMPLES
+@given(brand=brand_ids, after=mostly(st.just(0), uint64, 50), credential=credentials)
+def test_watch_claims_with_hostile_fields(
+    checked: Target, brand: str, after: int, credential: str | tuple[str, str]
+) -> None:
+    stream = checked.stub.WatchClaims(
+        pb.WatchClaimsRequest(brand_id=brand, after_sequence=after),
+        metadata=metadata(checked, credential),
+        timeout=0.3,
+    )
+    try:
+        first = next(stream)
+        assert first.claim.sequence > after
+        event("OK: a claim arrived")
+    except grpc.RpcError as exc:
+        code = exc.code()  # type: ignore[attr-defined]
+        event(code.name)
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            # The stream was accepted and is waiting for a claim after `after`: only a caller
+            # allowed to watch an existing brand gets that far.
+            assert brand in (BRAND, OTHER_BRAND)
+            assert credential == "admin" or credential == ("brand" if brand == BRAND else "other-brand")
+        else:
+            assert code in ALLOWED, f"{code} {exc.details()}"  # type: ignore[attr-defined]
+    except StopIteration:
+        pytest.fail("a watch stream ended on its own")
+    finally:
+        stream.cancel()
+
+
+# -- random bytes as the request body ------------------------------------------------------------
+
+
+def _string_field(number: int, payload: bytes) -> bytes:
+    """A protobuf length-delimited field holding arbitrary bytes (e.g. invalid UTF-8)."""
+    tag = bytes([(number << 3) | 2])
+    length = bytearray()
+    n = len(payload)
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        length.append(byte | (0x80 if n else 0))
+        if not n:
+            break
+    return tag + bytes(length) + payload
+
+
+bodies = st.one_of(
+    st.binary(max_size=512),
+    st.builds(lambda n, b: _string_field(n, b), st.integers(1, 3), st.binary(max_size=64)),
+    st.builds(lambda b: _string_field(1, BRAND.encode()) + b, st.binary(max_size=64)),
+    st.sampled_from([b"", b"\x00", b"\xff" * 16, b"\x0a\xff\xff\xff\xff\x0f", b"\x08" + b"\xff" * 10]),
+    st.just(b"\x00" * (MAX_MESSAGE + 16)),  # beyond the maximum message size
+)
+
+
+@EXAMPLES
+@given(method=st.sampled_from(["ClaimCode", "GenerateCodes", "GetBrandStats", "WatchClaims"]), body=bodies)
+def test_random_bytes_as_the_request_body(checked: Target, method: str, body: bytes) -> None:
+    md = (("x-api-key", checked.keys["admin"]),)
+    if method == "WatchClaims":
+        stream = checked.channel.unary_stream(SERVICE + method)(body, metadata=md, timeout=0.3)
+        try:
+            next(stream)
+            event(f"{method} OK")
+        except grpc.RpcError as exc:
+            code = exc.code()  # type: ignore[attr-defined]
+            event(f"{method} {code.name}")
+            assert code in ALLOWED | {grpc.StatusCode.DEADLINE_EXCEEDED}, f"{code} {exc.details()}"  # type: ignore[attr-defined]
+        except StopIteration:
+            pytest.fail("a watch stream ended on its own")
+        finally:
+            stream.cancel()
+        return
+    try:
+        reply = checked.channel.unary_unary(SERVICE + method)(body, metadata=md, timeout=10)
+    except grpc.RpcError as exc:
+        code = exc.code()  # type: ignore[attr-defined]
+        event(f"{method} {code.name}")
+        assert code in ALLOWED, f"{code} {exc.details()}"  # type: ignore[attr-defined]
+        return
+    event(f"{method} OK")
+    # Some random bodies are valid messages; keep the stats bookkeeping exact for those.
+    if method == "ClaimCode":
+        claim = pb.ClaimCodeResponse.FromString(reply)
+        if claim.claim.brand_id == BRAND:
+            checked.claimed.add(claim.claim.user_id)
+    elif method == "GenerateCodes":
+        generated = pb.GenerateCodesResponse.FromString(reply)
+        if generated.brand_id == BRAND:
+            checked.batches[generated.batch_id] = generated.generated
+
+
+def test_the_maximum_message_size_is_enforced(target: Target) -> None:
+    """A request just over DISCOUNT_MAX_MESSAGE_BYTES is refused with RESOURCE_EXHAUSTED."""
+    request = pb.GetBrandStatsRequest(brand_id="x" * (MAX_MESSAGE + 1))
+    with pytest.raises(grpc.RpcError) as raised:
+        target.stub.GetBrandStats(request, metadata=(("x-api-key", target.keys["admin"]),), timeout=10)
+    assert raised.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+
+
+def test_health_and_log_after_the_attack(checked: Target) -> None:
+    """Runs last in this module: the checks of the `checked` fixture, once more, after everything."""
+    assert Path(checked.handle.log_path or "").exists()
