@@ -120,7 +120,6 @@ class AsyncDiscountClient:
             call = self._stub.WatchClaims(
                 pb.WatchClaimsRequest(brand_id=brand_id, after_sequence=cursor),
                 metadata=self._metadata,
-                wait_for_ready=True,
             )
             error: DiscountError
             try:

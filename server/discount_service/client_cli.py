@@ -183,7 +183,7 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> None:
 
 def _on_disconnect(error: discount_client.DiscountError, delay: float, cursor: int) -> None:
     print(
-        f"discount: watch interrupted ({error.code}: {error}); reconnecting in {delay:.1f}s after sequence {cursor}",
+        f"discount: watch: {error.code}: {error}; reconnecting in {delay:.1f}s, resuming after sequence {cursor}",
         file=sys.stderr,
         flush=True,
     )
