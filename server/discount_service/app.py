@@ -17,6 +17,7 @@ from discount.v1 import discount_service_pb2 as pb
 
 from .auth import Authenticator
 from .feed import ClaimFeed
+from .metrics import Metrics
 from .service import DiscountService
 from .servicer import SERVICE_NAME, CallObserver, DiscountServicer, add_to_server
 from .settings import Settings
@@ -56,12 +57,16 @@ class DiscountServer:
     service: DiscountService
     health: health_aio.HealthServicer
     settings: Settings
+    metrics: Metrics | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _on_stop: list[Callable[[], object]] = field(default_factory=list)
 
     async def start(self) -> None:
         await self.feed.start()
         await self.grpc_server.start()
+        if self.metrics is not None and self.settings.metrics_listen:
+            self.metrics.start(self.settings.metrics_listen)
+            self._on_stop.append(self.metrics.stop)
         self._tasks.append(asyncio.get_running_loop().create_task(self._report_health()))
 
     async def _report_health(self) -> None:
@@ -115,6 +120,10 @@ async def create_server(
     await store.open(wait=True)
     feed = ClaimFeed(store, poll_seconds=settings.feed_poll_seconds)
     service = DiscountService(store, feed)
+    metrics = None
+    if settings.metrics_listen:
+        metrics = Metrics(store, feed)
+        observe = metrics.observe if observe is None else _observe_both(observe, metrics.observe)
 
     jwt_verifier = None
     if settings.jwt_secret or settings.jwt_public_key:
@@ -157,4 +166,12 @@ async def create_server(
         with contextlib.suppress(Exception):
             await store.close()
         raise OSError(f"could not listen on {settings.listen}; is another server using it?")
-    return DiscountServer(server, store, feed, service, health_servicer, settings), port
+    return DiscountServer(server, store, feed, service, health_servicer, settings, metrics), port
+
+
+def _observe_both(first: CallObserver, second: CallObserver) -> CallObserver:
+    def observe(method: str, status: str, seconds: float) -> None:
+        first(method, status, seconds)
+        second(method, status, seconds)
+
+    return observe

@@ -442,6 +442,11 @@ class Store:
         total, claimed, expired = rows[0]
         return StatsRow(total=int(total), claimed=int(claimed), expired=int(expired))
 
+    async def codes_available(self) -> list[tuple[str, int]]:
+        """(brand_id, claimable codes) of every brand, for the metrics endpoint."""
+        rows = await self._fetch("codes_available", {}, retry=True)
+        return [(str(r[0]), int(r[1])) for r in rows]
+
 
 def _copy_value(value: datetime | None) -> str:
     """A value in COPY's text format."""

@@ -92,6 +92,20 @@ SELECT h.total_codes,
 FROM brands b JOIN brand_feed_heads h USING (brand_key)
 WHERE b.brand_id = %(brand_id)s;
 
+-- name: codes_available
+-- Every brand's claimable codes, for the metrics endpoint (cached there). The feed head holds
+-- total and claimed; only brands with an expired batch pay for counting expired codes.
+SELECT b.brand_id,
+       h.total_codes - h.last_sequence
+       - CASE WHEN EXISTS (SELECT 1 FROM code_batches cb
+                           WHERE cb.brand_key = h.brand_key AND cb.expires_at <= now())
+              THEN (SELECT count(*) FROM codes c
+                    WHERE c.brand_key = h.brand_key AND NOT c.claimed AND c.code_key > 0
+                      AND c.expires_at <= now())
+              ELSE 0 END AS available
+FROM brands b JOIN brand_feed_heads h USING (brand_key)
+ORDER BY b.brand_id;
+
 -- name: feed_page
 SELECT c.sequence, c.code, c.user_id, c.email, c.claimed_at, c.expires_at
 FROM claims c

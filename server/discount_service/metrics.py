@@ -1,0 +1,142 @@
+"""Prometheus metrics, served over HTTP when DISCOUNT_METRICS_LISTEN (HOST:PORT) is set.
+
+- `discount_rpc_total{method,status}` and `discount_rpc_duration_seconds{method,status}`: every
+  call, fed by the servicer's `observe(method, status, seconds)` callback;
+- `discount_codes_available{brand_id}`: codes a user could claim now, per brand, read from the
+  database at scrape time and cached for `cache_seconds`;
+- `discount_watchers_connected`: open WatchClaims streams of this process;
+- `discount_db_pool_*`: the connection pool (size, idle, max, waiting requests).
+
+The HTTP server runs in its own thread; the scrape reaches the store through the server's event
+loop, so the pool is never touched from another thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from . import errors
+from .feed import ClaimFeed
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+# Claims take about 1-50 ms; watch streams last up to hours.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 300.0, 3600.0)
+SCRAPE_QUERY_SECONDS = 2.0
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class _StateCollector(Collector):
+    """Gauges computed when Prometheus scrapes."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        m = self._metrics
+        available = GaugeMetricFamily(
+            "discount_codes_available", "Codes of the brand that can be claimed now", labels=["brand_id"]
+        )
+        for brand_id, count in m.codes_available():
+            available.add_metric([brand_id], count)
+        yield available
+        yield GaugeMetricFamily(
+            "discount_watchers_connected", "Open WatchClaims streams in this process", value=m.feed.watcher_count
+        )
+        stats = m.store.pool_stats()
+        size = stats.get("pool_size", 0)
+        idle = stats.get("pool_available", 0)
+        yield GaugeMetricFamily("discount_db_pool_size", "Database connections open in the pool", value=size)
+        yield GaugeMetricFamily("discount_db_pool_in_use", "Database connections lent to calls", value=size - idle)
+        yield GaugeMetricFamily("discount_db_pool_idle", "Database connections idle in the pool", value=idle)
+        yield GaugeMetricFamily(
+            "discount_db_pool_max", "Most database connections the pool opens", value=stats.get("pool_max", 0)
+        )
+        yield GaugeMetricFamily(
+            "discount_db_pool_requests_waiting",
+            "Calls waiting for a database connection",
+            value=stats.get("requests_waiting", 0),
+        )
+
+
+class Metrics:
+    def __init__(self, store: Store, feed: ClaimFeed, *, cache_seconds: float = 5.0) -> None:
+        self.store = store
+        self.feed = feed
+        self.registry = CollectorRegistry()
+        self._calls = Counter(
+            "discount_rpc",
+            "gRPC calls handled, by method and status code",
+            ["method", "status"],
+            registry=self.registry,
+        )
+        self._latency = Histogram(
+            "discount_rpc_duration_seconds",
+            "Time to handle a gRPC call (a WatchClaims call lasts as long as its stream)",
+            ["method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_StateCollector(self))
+        self._cache_seconds = cache_seconds
+        self._available: list[tuple[str, int]] = []
+        self._available_at = float("-inf")
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._http: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self.port: int | None = None
+
+    def observe(self, method: str, status: str, seconds: float) -> None:
+        """The servicer's CallObserver."""
+        self._calls.labels(method, status).inc()
+        self._latency.labels(method, status).observe(seconds)
+
+    def codes_available(self) -> list[tuple[str, int]]:
+        """Per brand, cached for `cache_seconds`; on a database error, the last values."""
+        with self._lock:
+            if time.monotonic() - self._available_at < self._cache_seconds or self._loop is None:
+                return self._available
+            future = asyncio.run_coroutine_threadsafe(self.store.codes_available(), self._loop)
+            try:
+                self._available = future.result(timeout=SCRAPE_QUERY_SECONDS)
+            except (errors.DiscountError, TimeoutError) as exc:
+                future.cancel()
+                log.warning("metrics: could not read codes available (%s); serving the last values", exc)
+            self._available_at = time.monotonic()
+            return self._available
+
+    def start(self, listen: str) -> int:
+        """Serves /metrics on HOST:PORT (port 0 picks one) from a thread; returns the port."""
+        self._loop = asyncio.get_running_loop()
+        host, port = parse_listen(listen)
+        self._http, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        self.port = int(self._http.server_port)
+        log.info("metrics on http://%s:%d/metrics", host, self.port)
+        return self.port
+
+    def stop(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+    def samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
+        """Every sample, for tests and debugging."""
+        for family in self.registry.collect():
+            for sample in family.samples:
+                yield sample.name, dict(sample.labels), float(sample.value)
