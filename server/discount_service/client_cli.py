@@ -213,9 +213,13 @@ def cmd_watch(args: argparse.Namespace, settings: Settings) -> None:
 
 def add_client_commands(sub: Any) -> None:  # argparse's subparsers action has no public type
     """Adds generate, claim, stats and watch to the `discount` parser."""
-    env = "(server: DISCOUNT_ADDRESS, key: DISCOUNT_API_KEY)"
+    env = "Calls the server at DISCOUNT_ADDRESS (default 127.0.0.1:50051) with the API key in DISCOUNT_API_KEY."
 
-    generate = sub.add_parser("generate", help=f"generate N codes for a brand, in idempotent chunks {env}")
+    generate = sub.add_parser(
+        "generate",
+        help="generate N codes for a brand, in idempotent chunks",
+        description=f"Generate N codes for a brand, in idempotent chunks. {env}",
+    )
     generate.add_argument("brand_id", metavar="BRAND")
     generate.add_argument("count", metavar="N", type=int)
     generate.add_argument("--prefix", default="", help="fixed code prefix: up to 16 of A-Z, 0-9 and '-'")
@@ -237,19 +241,25 @@ def add_client_commands(sub: Any) -> None:  # argparse's subparsers action has n
     generate.add_argument("--progress-threshold", type=int, default=10_000, help=argparse.SUPPRESS)
     generate.set_defaults(func=cmd_generate)
 
-    claim = sub.add_parser("claim", help=f"claim a code of a brand for a user {env}")
+    claim = sub.add_parser(
+        "claim", help="claim a code of a brand for a user", description=f"Claim a code of a brand for a user. {env}"
+    )
     claim.add_argument("brand_id", metavar="BRAND")
     claim.add_argument("user_id", metavar="USER")
     claim.add_argument("email", metavar="EMAIL")
     claim.add_argument("--json", action="store_true", help="print the claim as one JSON object")
     claim.set_defaults(func=cmd_claim)
 
-    stats = sub.add_parser("stats", help=f"count a brand's codes {env}")
+    stats = sub.add_parser("stats", help="count a brand's codes", description=f"Count a brand's codes. {env}")
     stats.add_argument("brand_id", metavar="BRAND")
     stats.add_argument("--json", action="store_true", help="print the counts as one JSON object")
     stats.set_defaults(func=cmd_stats)
 
-    watch = sub.add_parser("watch", help=f"print a brand's claims live, one line each, across reconnects {env}")
+    watch = sub.add_parser(
+        "watch",
+        help="print a brand's claims live, one line each, across reconnects",
+        description=f"Print a brand's claims live, one line each, across reconnects. {env}",
+    )
     watch.add_argument("brand_id", metavar="BRAND")
     watch.add_argument("--after", metavar="SEQ", type=int, default=0, help="start after this sequence (default 0)")
     watch.add_argument("--json", action="store_true", help="one JSON object per line")
