@@ -10,8 +10,17 @@ from pathlib import Path
 import grpc
 
 from discount.v1 import discount_service_pb2_grpc as pb_grpc
-from tests.browser.support import Browser, Stack, table_codes, table_sequences, token
-from tests.support import claim_request, create_brand, create_key, generate_codes_sql, sql
+from discount_service.devstack import serve_page
+from tests.browser.support import JWT_SECRET, Browser, Stack, table_codes, table_sequences, token
+from tests.support import (
+    claim_request,
+    create_brand,
+    create_key,
+    generate_codes_sql,
+    sql,
+    start_server_process,
+    stop_process,
+)
 
 ROWS = "return document.querySelectorAll('#live-table tbody tr').length >= arg;"
 STATE = "return document.querySelector('#live-status').dataset.state === arg;"
@@ -165,3 +174,45 @@ def test_live_view_catches_up_to_exactly_60_after_envoy_restarts(stack: Stack, b
     assert browser.text("#live-count") == "60"
     assert int(browser.text("#live-reconnects")) >= 1
     browser.screenshot(output_dir / "live-claims-after-reconnect.png")
+
+
+def test_page_from_another_origin_is_refused_by_cors(stack: Stack, browser: Browser, output_dir: Path):
+    """The same page served from an origin Envoy does not allow: Chromium refuses the call, nothing is claimed."""
+    url = stack.database_url
+    create_brand(url, "acme")
+    generate_codes_sql(url, "acme", 5)
+    with serve_page(0, stack.envoy_url) as (_, other_port):
+        assert f"http://127.0.0.1:{other_port}" != stack.origin
+        browser.goto(f"http://127.0.0.1:{other_port}/#claim")
+        browser.fill("#claim-token", token("shopper-x", "x@example.com"))
+        browser.fill("#claim-brand", "acme")
+        browser.click("#claim-button")
+        browser.wait_visible("#claim-error")
+        assert browser.text("#claim-error").startswith("The discount service cannot be reached")
+        console = "\n".join(browser.console())
+        assert "CORS policy" in console, console
+        browser.screenshot(output_dir / "refused-origin.png")
+    assert sql(url, "SELECT count(*) FROM claims") == [(0,)]
+
+
+def test_live_view_resumes_after_the_server_restarts(stack: Stack, browser: Browser, output_dir: Path):
+    """The server ends the stream cleanly on SIGTERM; the page resumes from its last sequence on the new one."""
+    url = stack.database_url
+    create_brand(url, "acme")
+    generate_codes_sql(url, "acme", 100)
+    open_live_view(stack, browser, "acme")
+    make_claims(stack, "acme", range(30))
+    browser.wait_for(ROWS, 30)
+
+    port = int(stack.server.address.rsplit(":", 1)[1])
+    assert stop_process(stack.server) == 0
+    browser.wait_for(STATE, "reconnecting")
+    stack.server = start_server_process(
+        url, port, log_path=output_dir / "server-2.log", extra_env={"DISCOUNT_JWT_SECRET": JWT_SECRET}
+    )
+    make_claims(stack, "acme", range(30, 40))
+    browser.wait_for(ROWS, 40, timeout=30)
+    time.sleep(1.0)
+    assert table_sequences(browser) == list(range(1, 41))
+    assert table_codes(browser) == [code for _, code, _ in claims_in_db(url, "acme")]
+    browser.screenshot(output_dir / "live-claims-after-server-restart.png")
