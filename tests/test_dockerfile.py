@@ -19,7 +19,7 @@ DOCKERFILE = (ROOT / "Dockerfile").read_text()
 
 
 def healthcheck_command() -> list[str]:
-    match = re.search(r"^HEALTHCHECK .*?CMD (\[.*\])$", DOCKERFILE, flags=re.MULTILINE | re.DOTALL)
+    match = re.search(r"^HEALTHCHECK [^\n]*?(?:\\\n\s*)?CMD (\[[^\n]*\])$", DOCKERFILE, flags=re.MULTILINE)
     assert match, "no HEALTHCHECK ... CMD [...] in the Dockerfile"
     command: list[str] = json.loads(match.group(1))
     return command
