@@ -22,7 +22,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from discount.v1 import discount_service_pb2 as pb
-from discount_service.devstack import WEB_DIST, EnvoyProcess, render_envoy_config, serve_page
+from discount_service.devstack import WEB_DIST, DevStackError, EnvoyProcess, render_envoy_config, serve_page
 from discount_service.tokens import mint_token
 from tests.support import ROOT, ServerHandle, create_key, free_port, start_server_process, stop_process
 
@@ -64,28 +64,40 @@ def running_stack(database_url: str, work_dir: Path, *, brand: str = "") -> Iter
             "DISCOUNT_LOG_LEVEL": "WARNING",
         },
     )
+    stack: Stack | None = None
     try:
-        envoy_port, admin_port = free_port(), free_port()
-        envoy_url = f"http://127.0.0.1:{envoy_port}"
-        with serve_page(0, envoy_url, brand=brand) as (_, page_port):
-            origin = f"http://127.0.0.1:{page_port}"
-            config = work_dir / "envoy.yaml"
-            config.write_text(
-                render_envoy_config(
-                    listen_port=envoy_port,
-                    admin_port=admin_port,
-                    upstream_host="127.0.0.1",
-                    upstream_port=int(server.address.rsplit(":", 1)[1]),
-                    origins=[origin],
+        with contextlib.ExitStack() as cleanup:
+            for attempt in range(3):
+                # Free ports can be taken by another test between picking and binding: retry with new ones.
+                envoy_port, admin_port = free_port(), free_port()
+                envoy_url = f"http://127.0.0.1:{envoy_port}"
+                _, page_port = cleanup.enter_context(serve_page(0, envoy_url, brand=brand))
+                origin = f"http://127.0.0.1:{page_port}"
+                config = work_dir / "envoy.yaml"
+                config.write_text(
+                    render_envoy_config(
+                        listen_port=envoy_port,
+                        admin_port=admin_port,
+                        upstream_host="127.0.0.1",
+                        upstream_port=int(server.address.rsplit(":", 1)[1]),
+                        origins=[origin],
+                    )
                 )
-            )
-            envoy = EnvoyProcess(config, envoy_port, admin_port, log_path=work_dir / "envoy.log")
-            envoy.start()
-            try:
-                yield Stack(server, envoy, envoy_url, f"{origin}/", origin, database_url)
-            finally:
-                envoy.stop()
+                envoy = EnvoyProcess(config, envoy_port, admin_port, log_path=work_dir / "envoy.log")
+                cleanup.callback(envoy.stop)
+                try:
+                    envoy.start()
+                    break
+                except DevStackError:
+                    envoy.stop()
+                    if attempt == 2:
+                        raise
+            stack = Stack(server, envoy, envoy_url, f"{origin}/", origin, database_url)
+            yield stack
     finally:
+        # A test may have replaced the server (restart tests): stop whichever is current, and the first.
+        if stack is not None and stack.server is not server:
+            stop_process(stack.server)
         stop_process(server)
 
 
