@@ -12,6 +12,8 @@ import sys
 
 import grpc
 
+from discount_service.eventloop import run as run_loop
+
 METHOD = "/bench.Echo/Echo"
 
 
@@ -35,4 +37,4 @@ async def serve(port: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(int(sys.argv[1])))
+    run_loop(serve(int(sys.argv[1])))

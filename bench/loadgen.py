@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 
 from discount.v1 import discount_service_pb2 as pb
+from discount_service.eventloop import run as run_loop
 
 CLAIM_METHOD = "/discount.v1.DiscountService/ClaimCode"
 ECHO_METHOD = "/bench.Echo/Echo"
@@ -95,7 +96,7 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     config = json.loads(sys.argv[1])
-    result = asyncio.run(run(config))
+    result = run_loop(run(config))
     with open(config["out"], "w") as f:
         json.dump(result, f)
 

@@ -160,6 +160,27 @@ class Db:
             conn.rollback()
         return "\n".join(r[0] for r in rows)
 
+    def explain_claim_call(self, brand_id: str, hint: int) -> str:
+        """The real discount_claim() call, with auto_explain printing (ANALYZE, BUFFERS) of every
+        statement inside it, rolled back so the brand is unchanged."""
+        notices: list[str] = []
+        with psycopg.connect(self.url) as conn:
+            conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+            for setting in (
+                "LOAD 'auto_explain'",
+                "SET auto_explain.log_min_duration = 0",
+                "SET auto_explain.log_analyze = on",
+                "SET auto_explain.log_buffers = on",
+                "SET auto_explain.log_nested_statements = on",
+                "SET auto_explain.log_level = notice",
+            ):
+                conn.execute(setting)  # type: ignore[arg-type]
+            conn.execute(
+                "SELECT * FROM discount_claim(%s, 'explain-user', 'explain@example.com', %s)", (brand_id, hint)
+            ).fetchall()
+            conn.rollback()
+        return "\n\n".join(notices)
+
     def last_sequence(self, brand_id: str) -> int:
         rows = self.sql(
             "SELECT h.last_sequence FROM brand_feed_heads h JOIN brands b USING (brand_key) WHERE b.brand_id = %s",
@@ -168,7 +189,7 @@ class Db:
         return int(rows[0][0])
 
 
-# The SELECT that discount_claim runs (migrations/0002_claim_function.sql), as a statement.
+# The code pick inside discount_claim (migrations/0003_claim_cold_hint.sql), as a statement.
 CLAIM_PICK_SQL = """
 SELECT f.ctid, f.code, f.expires_at, f.code_key
 FROM codes f
@@ -740,11 +761,13 @@ def main(argv: list[str] | None = None) -> int:
         fresh_key = db.brand("fresh", n)
         million_key = db.brand("million", profile.million + n)
         explain_fresh = db.explain_claim(fresh_key, 0)
+        explain_fresh_call = db.explain_claim_call("fresh", 0)
         pile_seconds = db.pile_up_claims(million_key, profile.million)
         log(f"piled up {profile.million} claims in {pile_seconds:.1f}s")
         hint = db.claim_hint(million_key)
         explain_million_hint = db.explain_claim(million_key, hint)
         explain_million_cold = db.explain_claim(million_key, 0)
+        explain_million_call = db.explain_claim_call("million", 0)
         s = start_server(workers)
         fresh = run_load(workdir, "fresh", target=s.address, method="claim", api_key=service, brand="fresh",
                          profile=profile, server_pid=s.pid, pg=pg)  # fmt: skip
@@ -760,6 +783,8 @@ def main(argv: list[str] | None = None) -> int:
             "fresh": fresh,
             "after": after,
             "explain_fresh": explain_fresh,
+            "explain_fresh_function_call_hint_0": explain_fresh_call,
+            "explain_after_million_function_call_hint_0": explain_million_call,
             "explain_after_million_with_hint": explain_million_hint,
             "explain_after_million_hint_0": explain_million_cold,
             "explain_after_million_and_the_run": explain_after_run,

@@ -70,7 +70,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
 
         serve_workers(settings)
         return
-    asyncio.run(_serve(settings))
+    from .eventloop import run
+
+    run(_serve(settings))
 
 
 def _replace(settings: Settings, **changes: Any) -> Settings:

@@ -33,10 +33,11 @@ log = logging.getLogger(__name__)
 
 def _worker_main(settings: Settings, database_url: str, index: int) -> None:
     from .cli import _serve, configure_logging
+    from .eventloop import run
 
     configure_logging(settings.log_level)
     log.info("worker %d (of %d) starting", index + 1, settings.workers)
-    asyncio.run(_serve(settings, database_url=database_url))
+    run(_serve(settings, database_url=database_url))
 
 
 def _resolve_port(listen: str) -> str:

@@ -1,0 +1,23 @@
+"""The event loop a server process runs on: uvloop when it is installed (a dependency on Linux
+and macOS), else asyncio's own. grpc.aio and psycopg's async API both run on it.
+
+Measured on the 2-core bench machine: about 25% more ClaimCode throughput per server process
+and a lower p99 than the stdlib loop (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - e.g. Windows
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
