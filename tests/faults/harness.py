@@ -104,6 +104,17 @@ class ClaimLoad:
         if seen != reply.claim.code:
             self.conflicts.append(f"{brand}/{user}: acknowledged {seen} and then {reply.claim.code}")
 
+    async def wait_for_success_after(self, name: str, timeout: float = 20.0) -> float:
+        """Waits until a claim succeeded after `mark(name)`; returns how long after the mark."""
+        deadline = time.monotonic() + timeout
+        while name not in self.first_ok_after:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"no claim succeeded within {timeout}s after {name!r} (errors {dict(self.errors)})"
+                )
+            await asyncio.sleep(0.05)
+        return self.first_ok_after[name] - self._marks[name]
+
     def in_flight_at(self, moment: float) -> Counter[str]:
         """Status counts of the calls that had started before `moment` and ended after it."""
         return Counter(status for started, ended, status in self.calls if started < moment < ended)

@@ -23,7 +23,7 @@ import pytest
 from discount.v1 import discount_service_pb2 as pb
 from discount.v1 import discount_service_pb2_grpc as pb_grpc
 from discount_service.feed import TAIL_SIZE
-from tests.faults.harness import ClaimLoad, check_invariants, rss_bytes
+from tests.faults.harness import ClaimLoad, Watcher, check_invariants, rss_bytes
 from tests.support import create_brand, create_key, generate_codes_sql, sql, start_server_process, stop_process
 
 pytestmark = pytest.mark.timeout(60)
@@ -53,7 +53,11 @@ async def test_a_watcher_that_reads_nothing_falls_behind_and_resumes(database_ur
     pid = server.process.pid
     load = ClaimLoad([server.address], [brand], service_key, clients=16)
     channel = grpc.aio.insecure_channel(server.address)
+    # A normal watcher, reading as fast as claims come, runs throughout: the baseline phase then
+    # differs from the paused phase only by the slow watcher.
+    fast = Watcher(server.address, brand, server.admin_key, after=BACKLOG)
     try:
+        fast.start()
         load.start()
         await asyncio.sleep(1.0)
         ok0, t0 = load.ok_calls, time.monotonic()
@@ -93,14 +97,18 @@ async def test_a_watcher_that_reads_nothing_falls_behind_and_resumes(database_ur
         print(
             f"slow watcher: paused {PAUSE_SECONDS:g}s, {behind} claims behind at the end "
             f"(in-memory tail {TAIL_SIZE}); server RSS {rss_start / 2**20:.1f} MiB -> max "
-            f"{max(rss_samples) / 2**20:.1f} MiB (+{growth / 2**20:.1f}); claims/s {baseline_rate:.0f} without, "
-            f"{paused_rate:.0f} with the slow watcher; drained {len(sequences) - 1} claims in {drain_seconds:.2f}s"
+            f"{max(rss_samples) / 2**20:.1f} MiB (+{growth / 2**20:.1f}); "
+            f"claims/s {baseline_rate:.0f} with a live watcher only, "
+            f"{paused_rate:.0f} with the slow one added; drained {len(sequences) - 1} claims in {drain_seconds:.2f}s"
         )
         assert growth < 48 * 2**20, rss_samples
+        await fast.wait_for(head)
+        assert fast.problems == [] and fast.reopened == 0
         assert paused_rate > 0.5 * baseline_rate, (baseline_rate, paused_rate)
         total = await check_invariants(database_url, server.address, server.admin_key, [brand], load)
         assert total == head
     finally:
         await load.stop()
+        await fast.stop()
         await channel.close()
         assert await asyncio.to_thread(stop_process, server) == 0
