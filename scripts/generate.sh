@@ -7,13 +7,20 @@ if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 
-rm -f clients/discount/v1/discount_service_pb2*.py clients/discount/v1/discount_service_pb2*.pyi
+# Generated next to the target and moved into place by rename, so a process importing the stubs
+# meanwhile never finds them missing or half-written.
+py_out="$(mktemp -d clients/.generate.XXXXXX)"
+trap 'rm -rf "$py_out"' EXIT
 "$PYTHON" -m grpc_tools.protoc \
   -I protos \
-  --python_out=clients \
-  --pyi_out=clients \
-  --grpc_python_out=clients \
+  --python_out="$py_out" \
+  --pyi_out="$py_out" \
+  --grpc_python_out="$py_out" \
   protos/discount/v1/discount_service.proto
+for stale in clients/discount/v1/discount_service_pb2*.py clients/discount/v1/discount_service_pb2*.pyi; do
+  [ -e "$py_out/discount/v1/$(basename "$stale")" ] || rm -f "$stale"
+done
+mv -f "$py_out"/discount/v1/discount_service_pb2* clients/discount/v1/
 
 # TypeScript stubs for the web page (web/src/gen), from the local protoc-gen-es in web/node_modules
 # (scripts/setup.d/40-browser.sh installs it). buf's remote plugins need a network we do not have.

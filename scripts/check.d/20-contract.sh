@@ -29,11 +29,12 @@ fi
 
 echo "== generated stubs are up to date"
 ./scripts/generate.sh
-if ! git diff --exit-code --stat -- clients/discount/v1 ||
-  [ -n "$(git ls-files --others --exclude-standard -- clients/discount/v1)" ]; then
+generated=(clients/discount/v1 web/src/gen)
+if ! git diff --exit-code --stat -- "${generated[@]}" ||
+  [ -n "$(git ls-files --others --exclude-standard -- "${generated[@]}")" ]; then
   echo "scripts/generate.sh changed the committed stubs (above): run it and commit the result"
-  git diff -- clients/discount/v1 | head -50
-  git ls-files --others --exclude-standard -- clients/discount/v1
+  git diff -- "${generated[@]}" | head -50
+  git ls-files --others --exclude-standard -- "${generated[@]}"
   exit 1
 fi
 echo "stubs match protos/"
