@@ -4,6 +4,7 @@ installed into a fresh virtualenv (not the editable checkout), calling a real se
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -25,8 +26,15 @@ def install_repo_into_fresh_venv(tmp: Path) -> Path:
     """`pip install <this repo>` into a new virtualenv; returns its python. Dependencies come from the
     test virtualenv (no network), the package itself only from the built wheel."""
     run = lambda *args: subprocess.run(args, check=True, capture_output=True, text=True, timeout=300)  # noqa: E731
+    # Build from a copy of what the package is made of, so a stale build/ in the checkout cannot leak in.
+    source = tmp / "source"
+    junk = shutil.ignore_patterns("__pycache__", "*.egg-info", ".*")
+    for name in ("server", "clients"):
+        shutil.copytree(ROOT / name, source / name, ignore=junk)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     wheels = tmp / "wheels"
-    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT))
+    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source))
     (wheel,) = wheels.glob("discount_service-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for expected in (
