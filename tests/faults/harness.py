@@ -264,6 +264,21 @@ def rss_bytes(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def backend_pids(url: str) -> list[int]:
+    """PostgreSQL backends connected to the database of `url` (for their CPU time)."""
+    rows = sql(url, "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    return [int(r[0]) for r in rows]
+
+
 class OwnPostgres:
     """A PostgreSQL server of this test's own (Debian PostgreSQL 15 binaries, temp data dir, free
     port), so the test can stop and start it without touching the machine's shared server.

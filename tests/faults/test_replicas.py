@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import ClaimLoad, Watcher, check_invariants
+from tests.faults.harness import ClaimLoad, Watcher, backend_pids, check_invariants, cpu_seconds
 from tests.support import ROOT, create_brand, create_key, generate_codes_sql, sql, start_server_process, stop_process
 
 pytestmark = pytest.mark.timeout(60)
@@ -52,10 +53,19 @@ async def test_replicas_share_one_database_and_every_watcher_sees_every_claim(
         await asyncio.sleep(0.5)
         load.start()
         await asyncio.sleep(1.0)  # warm-up
+        server_pids = [s.process.pid for s in servers if s.process is not None]
+        pg_start = {pid: cpu_seconds(pid) for pid in backend_pids(database_url)}
+        cpu_start = {"servers": sum(map(cpu_seconds, server_pids)), "client": cpu_seconds(os.getpid())}
         window_start, ok_start = time.monotonic(), load.ok_calls
         await asyncio.sleep(LOAD_SECONDS)
         window = time.monotonic() - window_start
         claims_in_window = load.ok_calls - ok_start
+        cpu_ms = {
+            "servers": sum(map(cpu_seconds, server_pids)) - cpu_start["servers"],
+            "client": cpu_seconds(os.getpid()) - cpu_start["client"],
+            "postgres": sum(cpu_seconds(pid) - pg_start.get(pid, 0.0) for pid in backend_pids(database_url)),
+        }
+        cpu_ms = {k: round(1000 * v / max(claims_in_window, 1), 3) for k, v in cpu_ms.items()}
         await load.stop()
         assert load.errors == {}, load.errors
         total = await check_invariants(database_url, servers[-1].address, admin_key, brands, load)
@@ -90,6 +100,8 @@ async def test_replicas_share_one_database_and_every_watcher_sees_every_claim(
         "claims": total,
         "watchers": len(watchers),
         "watchers_caught_up_seconds": round(catch_up, 2),
+        "cpu_ms_per_claim": cpu_ms,
+        "cores": os.cpu_count(),
     }
     out = ROOT / "test-output"
     out.mkdir(exist_ok=True)
