@@ -179,7 +179,7 @@ def claim_via_envoy(envoy_url: str, brand: str, user: str, email: str, headers: 
 class Browser:
     """Chromium (Debian's /usr/bin/chromium, headless) under playwright-core, via web/tests/driver.mjs."""
 
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, log_path: Path, chromium: str = CHROMIUM) -> None:
         node = shutil.which("node")
         if node is None:
             raise RuntimeError("node is not installed; scripts/setup.d/40-browser.sh needs it")
@@ -195,13 +195,18 @@ class Browser:
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,
-            env={"CHROMIUM": CHROMIUM, "PATH": "/usr/bin:/bin"},
+            env={"CHROMIUM": chromium, "PATH": "/usr/bin:/bin"},
         )
         self._replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         self._next_id = 0
-        hello = self._wait(0, 60)
+        try:
+            hello = self._wait(0, 60)
+        except Exception:
+            self.close()
+            raise
         if not hello.get("ok"):
+            self.close()
             raise RuntimeError(f"could not start Chromium: {hello.get('error')}")
         self.version = str(hello.get("version"))
 

@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 import grpc
+import pytest
 
 from discount.v1 import discount_service_pb2_grpc as pb_grpc
 from discount_service.devstack import serve_page
@@ -216,3 +217,9 @@ def test_live_view_resumes_after_the_server_restarts(stack: Stack, browser: Brow
     assert table_sequences(browser) == list(range(1, 41))
     assert table_codes(browser) == [code for _, code, _ in claims_in_db(url, "acme")]
     browser.screenshot(output_dir / "live-claims-after-server-restart.png")
+
+
+def test_a_missing_browser_fails_loudly(output_dir: Path):
+    """CI must fail, not skip, without Chromium: starting the driver raises with the reason."""
+    with pytest.raises(RuntimeError, match="could not start Chromium: cannot launch /nonexistent/chromium"):
+        Browser(output_dir / "browser.log", chromium="/nonexistent/chromium")
