@@ -10,6 +10,7 @@ what the successful calls did (rejected calls changed nothing).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from tests.support import (
     create_brand,
     create_key,
     generate_codes_sql,
+    in_process_server,
     sql,
     start_server_process,
     stop_process,
@@ -360,3 +362,31 @@ def test_the_maximum_message_size_is_enforced(target: Target) -> None:
 def test_health_and_log_after_the_attack(checked: Target) -> None:
     """Runs last in this module: the checks of the `checked` fixture, once more, after everything."""
     assert Path(checked.handle.log_path or "").exists()
+
+
+async def test_the_server_deadline_cuts_a_long_call_and_leaves_nothing_behind(database_url: str) -> None:
+    """DISCOUNT_DEFAULT_CALL_TIMEOUT_SECONDS caps every unary call, even when the client allows more:
+    a 1M-code generation cut at 0.5 s is DEADLINE_EXCEEDED and rolled back entirely."""
+    create_brand(database_url, "slowgen")
+    async with in_process_server(database_url, default_call_timeout_seconds=0.5) as (_, handle):
+        channel, stub = handle.aio_stub()
+        async with channel:
+            started = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as cut:
+                await stub.GenerateCodes(
+                    pb.GenerateCodesRequest(brand_id="slowgen", count=1_000_000),
+                    metadata=handle.metadata(),
+                    timeout=60,
+                )
+            elapsed = time.monotonic() - started
+            assert cut.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED, cut.value
+            assert elapsed < 5
+            # Nothing half-done: no codes, no batch, and the server still answers.
+            stats = await stub.GetBrandStats(pb.GetBrandStatsRequest(brand_id="slowgen"), metadata=handle.metadata())
+            assert (stats.total, stats.available) == (0, 0)
+            small = await stub.GenerateCodes(
+                pb.GenerateCodesRequest(brand_id="slowgen", count=10), metadata=handle.metadata()
+            )
+            assert small.generated == 10
+    assert sql(database_url, "SELECT count(*) FROM codes") == [(10,)]
+    assert sql(database_url, "SELECT count(*) FROM code_batches") == [(1,)]
