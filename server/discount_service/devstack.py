@@ -264,6 +264,9 @@ def cmd_dev_stack(args: argparse.Namespace, settings: Settings) -> None:
         if args.print_envoy_config:
             print(config, end="")
             return
+        find_envoy()
+        if not (WEB_DIST / "index.html").exists():
+            raise DevStackError(f"{WEB_DIST} has no built page; build it with `cd web && npm ci && npm run build`")
         with tempfile.TemporaryDirectory(prefix="discount-dev-stack-") as run_dir:
             config_path = Path(run_dir) / "envoy.yaml"
             config_path.write_text(config)
