@@ -98,7 +98,8 @@ def channel_options(retry: RetryPolicy | None, extra: Sequence[tuple[str, Any]])
             ("grpc.enable_retries", 1),
             ("grpc.service_config", json.dumps(retry.service_config())),
         ]
-    return options + list(extra)
+    overridden = {name for name, _ in extra}
+    return [option for option in options if option[0] not in overridden] + list(extra)
 
 
 @dataclass(frozen=True)
