@@ -4,8 +4,11 @@ upstream health check, and the README's curl example."""
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import threading
 import time
@@ -36,6 +39,7 @@ from tests.support import (
     claim_request,
     create_brand,
     create_key,
+    free_port,
     generate_codes_sql,
     sql,
     start_server_process,
@@ -246,3 +250,55 @@ def test_dev_stack_prints_a_valid_envoy_config(tmp_path: Any):
         timeout=60,
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_dev_stack_runs_server_envoy_and_page_and_ctrl_c_stops_them(database_url: str, output_dir: Any):
+    create_brand(database_url, "acme")
+    generate_codes_sql(database_url, "acme", 7)
+    admin_key = create_key(database_url, "admin")
+    grpc_port, envoy_port, web_port, admin_port = (free_port() for _ in range(4))
+    env = {**os.environ, "DISCOUNT_DATABASE_URL": database_url, "DISCOUNT_POOL_MIN_SIZE": "1"}
+    env.pop("DISCOUNT_JWT_SECRET", None)
+    log_path = output_dir / "dev-stack.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(BIN / "discount"), "dev-stack", "--grpc-port", str(grpc_port), "--envoy-port", str(envoy_port),
+             "--web-port", str(web_port), "--admin-port", str(admin_port), "--brand", "acme"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            wait_until(lambda: "dev stack is up" in log_path.read_text() or process.poll() is not None, timeout=60)
+            text = log_path.read_text()
+            assert process.poll() is None, text
+            assert f"http://127.0.0.1:{web_port}/" in text and f"http://127.0.0.1:{envoy_port}" in text
+            # It made up a shopper-token secret for this run and says so.
+            secret = re.search(r"export DISCOUNT_JWT_SECRET=(\S+)", text).group(1)
+
+            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/", timeout=5) as page:  # noqa: S310
+                assert "Get my code" in page.read().decode()
+            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/config.json", timeout=5) as config:  # noqa: S310
+                assert json.loads(config.read()) == {"envoyUrl": f"http://127.0.0.1:{envoy_port}", "brand": "acme"}
+
+            envoy_url = f"http://127.0.0.1:{envoy_port}"
+            stats = grpc_web_call(
+                envoy_url, "GetBrandStats", pb.GetBrandStatsRequest(brand_id="acme"), headers={"x-api-key": admin_key}
+            )
+            assert pb.GetBrandStatsResponse.FromString(stats.messages[0]).total == 7
+            shopper = token("dev-shopper", "dev@example.com", secret=secret)
+            claimed = grpc_web_call(
+                envoy_url,
+                "ClaimCode",
+                pb.ClaimCodeRequest(brand_id="acme", user_id="dev-shopper", email="dev@example.com"),
+                headers={"authorization": f"Bearer {shopper}", "origin": f"http://127.0.0.1:{web_port}"},
+            )
+            assert claimed.grpc_status == 0, claimed
+            assert claimed.headers["access-control-allow-origin"] == f"http://127.0.0.1:{web_port}"
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+            code = process.wait(timeout=30)
+    assert code == 0, log_path.read_text()
+    assert "dev stack stopped" in log_path.read_text()
+    for port in (grpc_port, envoy_port, web_port, admin_port):
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open after Ctrl-C"
