@@ -9,11 +9,13 @@ The pause is 10 s rather than 30 s: the state that matters (the client's window 
 more than TAIL_SIZE claims behind so it no longer reads from memory) is reached within the first
 seconds and does not change afterwards: the server holds one blocked write and one page
 (feed.PAGE_SIZE claims) for it however long it sleeps. The test asserts that this state was
-reached (behind by more than TAIL_SIZE) and that memory stayed flat across the whole pause."""
+reached (behind by more than TAIL_SIZE) and that memory stayed flat across the whole pause; run with
+DISCOUNT_SLOW_CONSUMER_SECONDS=30 for the full 30 s (measured: same result, see docs/operations.md)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -26,9 +28,9 @@ from discount_service.feed import TAIL_SIZE
 from tests.faults.harness import ClaimLoad, Watcher, check_invariants, rss_bytes
 from tests.support import create_brand, create_key, generate_codes_sql, sql, start_server_process, stop_process
 
-pytestmark = pytest.mark.timeout(60)
-
-PAUSE_SECONDS = 10.0
+# DISCOUNT_SLOW_CONSUMER_SECONDS=30 runs the issue's full 30 s (see the module docstring).
+PAUSE_SECONDS = float(os.environ.get("DISCOUNT_SLOW_CONSUMER_SECONDS", "10"))
+pytestmark = pytest.mark.timeout(60 + PAUSE_SECONDS)
 BASELINE_SECONDS = 4.0
 BACKLOG = 10_000
 SERVER_ENV = {"DISCOUNT_POOL_MIN_SIZE": "2", "DISCOUNT_POOL_MAX_SIZE": "8"}
