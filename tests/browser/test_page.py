@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -25,6 +26,14 @@ from tests.support import (
 
 ROWS = "return document.querySelectorAll('#live-table tbody tr').length >= arg;"
 STATE = "return document.querySelector('#live-status').dataset.state === arg;"
+
+
+def record(output_dir: Path, name: str, seconds: float) -> None:
+    """Keeps a measured time next to the screenshots (test-output/<test>/timings.json)."""
+    path = output_dir / "timings.json"
+    timings = json.loads(path.read_text()) if path.exists() else {}
+    timings[name] = round(seconds, 3)
+    path.write_text(json.dumps(timings, indent=2) + "\n")
 
 
 def claims_in_db(url: str, brand: str) -> list[tuple[int, str, str]]:
@@ -133,7 +142,9 @@ def test_live_view_shows_50_claims_made_from_python(stack: Stack, browser: Brows
     open_live_view(stack, browser, "acme")
 
     make_claims(stack, "acme", range(50))
+    claimed_at = time.monotonic()
     browser.wait_for(ROWS, 50)
+    record(output_dir, "last_claim_to_50_rows_shown_s", time.monotonic() - claimed_at)
     time.sleep(0.5)  # anything extra would show up now
 
     assert table_sequences(browser) == list(range(1, 51))
@@ -166,8 +177,10 @@ def test_live_view_catches_up_to_exactly_60_after_envoy_restarts(stack: Stack, b
     browser.screenshot(output_dir / "live-claims-disconnected.png")
     assert len(table_sequences(browser)) == 50
     stack.envoy.start()
+    envoy_back_at = time.monotonic()
 
     browser.wait_for(ROWS, 60, timeout=30)
+    record(output_dir, "envoy_back_to_60_rows_shown_s", time.monotonic() - envoy_back_at)
     browser.wait_for(STATE, "live")
     time.sleep(1.0)  # a duplicate or a stray replay would arrive now
     assert table_sequences(browser) == list(range(1, 61))

@@ -1,0 +1,72 @@
+"""How much Envoy's gRPC-Web hop adds to a ClaimCode: the same calls, one at a time, direct vs through Envoy.
+
+    DISCOUNT_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres \\
+        .venv/bin/python -m tests.browser.measure_envoy_overhead [CALLS]
+
+Both clients keep one connection open (gRPC channel; HTTP/1.1 keep-alive, as a browser does). Prints p50/p99.
+"""
+
+from __future__ import annotations
+
+import http.client
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+from discount.v1 import discount_service_pb2 as pb
+from discount.v1 import discount_service_pb2_grpc as pb_grpc
+from tests.browser.support import frame, parse_frames, running_stack
+from tests.support import Databases, create_brand, create_key, generate_codes_sql, server_url
+
+
+def percentiles(samples: list[float]) -> str:
+    ordered = sorted(samples)
+    p50 = statistics.median(ordered) * 1000
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+    return f"p50 {p50:.2f} ms, p99 {p99:.2f} ms, {len(ordered) / sum(ordered):.0f} calls/s"
+
+
+def main(calls: int) -> None:
+    databases = Databases(server_url())
+    databases.setup_template()
+    url = databases.create()
+    try:
+        create_brand(url, "acme")
+        generate_codes_sql(url, "acme", 2 * calls + 10)
+        key = create_key(url, "service")
+        with running_stack(url, Path(tempfile.mkdtemp(prefix="envoy-overhead-"))) as stack:
+            direct: list[float] = []
+            with grpc.insecure_channel(stack.server.address) as channel:
+                stub = pb_grpc.DiscountServiceStub(channel)
+                for i in range(calls):
+                    request = pb.ClaimCodeRequest(brand_id="acme", user_id=f"d{i}", email=f"d{i}@example.com")
+                    started = time.perf_counter()
+                    stub.ClaimCode(request, metadata=(("x-api-key", key),), timeout=10)
+                    direct.append(time.perf_counter() - started)
+            via_envoy: list[float] = []
+            port = int(stack.envoy_url.rsplit(":", 1)[1])
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            headers = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1", "x-api-key": key}
+            for i in range(calls):
+                request = pb.ClaimCodeRequest(brand_id="acme", user_id=f"e{i}", email=f"e{i}@example.com")
+                started = time.perf_counter()
+                conn.request("POST", "/discount.v1.DiscountService/ClaimCode", body=frame(request), headers=headers)
+                response = conn.getresponse()
+                _, trailers = parse_frames(response.read())
+                via_envoy.append(time.perf_counter() - started)
+                assert trailers.get("grpc-status") == "0", trailers
+            conn.close()
+        print(f"{calls} sequential ClaimCode calls")
+        print(f"  direct gRPC        {percentiles(direct)}")
+        print(f"  gRPC-Web via Envoy {percentiles(via_envoy)}")
+    finally:
+        databases.drop(url)
+        databases.drop_all()
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 500)
