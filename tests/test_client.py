@@ -340,3 +340,23 @@ async def test_closing_the_client_ends_a_watch_quietly(server: ServerHandle) -> 
     await client.close()
     await asyncio.wait_for(task, 5)
     assert seen == []
+
+
+async def test_closing_the_sync_client_ends_a_watch_in_another_thread_quietly(server: ServerHandle) -> None:
+    create_brand(server.database_url, "acme")
+    client = DiscountClient(server.address, server.admin_key)
+    outcome: list[object] = []
+
+    def watch() -> None:
+        try:
+            outcome.extend(client.watch_claims("acme"))
+            outcome.append("ended")
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    await asyncio.sleep(0.3)
+    client.close()
+    await asyncio.to_thread(thread.join, 5)
+    assert outcome == ["ended"]

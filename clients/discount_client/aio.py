@@ -16,7 +16,7 @@ from discount.v1 import discount_service_pb2_grpc as pb_grpc
 
 from . import _common
 from ._common import BrandStats, Claim, ClaimResult, GenerateResult, RetryPolicy, WatchBackoff
-from .errors import DiscountError, from_rpc_error
+from .errors import DiscountError, InvalidArgument, from_rpc_error
 
 log = logging.getLogger("discount_client")
 
@@ -114,6 +114,12 @@ class AsyncDiscountClient:
         on_disconnect: OnDisconnect | None = None,
     ) -> AsyncIterator[Claim]:
         """See `DiscountClient.watch_claims`: every claim exactly once, across reconnects."""
+        if after_sequence < 0:
+            raise InvalidArgument(
+                f"after_sequence must be at least 0, got {after_sequence}",
+                code="INVALID_ARGUMENT",
+                method="WatchClaims",
+            )
         cursor = after_sequence
         failures = 0
         while not self._closed:
@@ -135,6 +141,10 @@ class AsyncDiscountClient:
                 # cancellation of the caller's own task propagates.
                 task = asyncio.current_task()
                 if self._closed and (task is None or task.cancelling() == 0):
+                    return
+                raise
+            except grpc.aio.UsageError:  # the channel was closed meanwhile
+                if self._closed:
                     return
                 raise
             except grpc.aio.AioRpcError as exc:

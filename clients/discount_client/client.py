@@ -16,7 +16,7 @@ from discount.v1 import discount_service_pb2_grpc as pb_grpc
 
 from . import _common
 from ._common import BrandStats, Claim, ClaimResult, GenerateResult, RetryPolicy, WatchBackoff
-from .errors import DiscountError, from_rpc_error
+from .errors import DiscountError, InvalidArgument, from_rpc_error
 
 log = logging.getLogger("discount_client")
 
@@ -130,13 +130,24 @@ class DiscountClient:
         backoff and resumes after the last claim it yielded: the caller sees every claim exactly
         once. Errors that a reconnect cannot fix (bad key, unknown brand) are raised. Stop by
         breaking out of the loop (or `close()` on the iterator)."""
+        if after_sequence < 0:
+            raise InvalidArgument(
+                f"after_sequence must be at least 0, got {after_sequence}",
+                code="INVALID_ARGUMENT",
+                method="WatchClaims",
+            )
         cursor = after_sequence
         failures = 0
         while not self._closed:
-            call = self._stub.WatchClaims(
-                pb.WatchClaimsRequest(brand_id=brand_id, after_sequence=cursor),
-                metadata=self._metadata,
-            )
+            try:
+                call = self._stub.WatchClaims(
+                    pb.WatchClaimsRequest(brand_id=brand_id, after_sequence=cursor),
+                    metadata=self._metadata,
+                )
+            except ValueError:  # the channel was closed meanwhile
+                if self._closed:
+                    return
+                raise
             error: DiscountError
             try:
                 for response in call:
