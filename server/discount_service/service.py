@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from . import codes, errors, validation
 from .auth import require_brand_access, require_claim_access
+from .claim_batcher import ClaimBatcher
 from .feed import ClaimFeed
 from .models import BrandStats, Claim, ClaimResult, GenerateResult, Principal
 from .store import Store
@@ -28,6 +29,8 @@ class DiscountService:
         # Per brand, the highest code_key this process handed out: the claim query starts its
         # index scan there instead of walking the claimed prefix (see migrations/0002).
         self._claim_hints: dict[str, int] = {}
+        # Concurrent claims of one brand share a transaction (group commit, see claim_batcher.py).
+        self._claims = ClaimBatcher(store, self._claim_hints)
 
     async def generate_codes(
         self,
@@ -93,15 +96,14 @@ class DiscountService:
         validation.user_id(user_id)
         validation.email(email)
         require_claim_access(principal, user_id, email)
-        hint = self._claim_hints.get(brand_id, 0)
-        row = await self._store.claim_code(brand_id, user_id, email, hint)
+        row = await self._claims.claim(brand_id, user_id, email)
         if row.outcome == "brand_not_found":
             raise errors.NotFound(f"brand {brand_id!r} does not exist")
         if row.outcome == "exhausted":
             raise errors.NoCodesLeft(f"brand {brand_id!r} has no codes left; ask the brand to generate more")
         assert row.claim is not None
         if row.code_key is not None:
-            if row.code_key > hint:
+            if row.code_key > self._claim_hints.get(brand_id, 0):
                 self._claim_hints[brand_id] = row.code_key
             self._feed.claim_committed(brand_id)
         return ClaimResult(claim=row.claim, newly_claimed=row.outcome == "claimed")

@@ -255,19 +255,27 @@ class Store:
             {"brand_id": brand_id, "user_id": user_id, "email": email, "after_code_key": after_code_key},
             retry=True,
         )
-        outcome, sequence, code, stored_email, claimed_at, expires_at, code_key = rows[0]
-        if outcome not in ("claimed", "existing"):
-            return ClaimRow(outcome=outcome, claim=None, code_key=None)
-        claim = Claim(
-            sequence=sequence,
-            brand_id=brand_id,
-            code=code,
-            user_id=user_id,
-            email=stored_email,
-            claimed_at=claimed_at,
-            expires_at=expires_at,
+        return _claim_row(brand_id, user_id, rows[0])
+
+    async def claim_code_batch(
+        self, brand_id: str, items: list[tuple[str, str]], after_code_key: int
+    ) -> list[ClaimRow]:
+        """Claims for several (user_id, email) of one brand in one transaction (migrations/0004),
+        in order; the same result per item as `claim_code`. Any error fails the whole batch."""
+        rows = await self._fetch(
+            "claim_code_batch",
+            {
+                "brand_id": brand_id,
+                "user_ids": [user for user, _ in items],
+                "emails": [email for _, email in items],
+                "after_code_key": after_code_key,
+            },
+            retry=True,  # idempotent per (brand, user), like claim_code
         )
-        return ClaimRow(outcome=outcome, claim=claim, code_key=code_key)
+        by_item = {int(row[0]): row[1:] for row in rows}
+        if len(by_item) != len(items):
+            raise errors.Unavailable(f"the claim batch returned {len(by_item)} results for {len(items)} claims")
+        return [_claim_row(brand_id, user, by_item[i + 1]) for i, (user, _) in enumerate(items)]
 
     async def notify_claims(self, payload: str) -> None:
         await self._fetch("notify_claims", {"payload": payload})
@@ -446,6 +454,22 @@ class Store:
         """(brand_id, claimable codes) of every brand, for the metrics endpoint."""
         rows = await self._fetch("codes_available", {}, retry=True)
         return [(str(r[0]), int(r[1])) for r in rows]
+
+
+def _claim_row(brand_id: str, user_id: str, row: tuple[Any, ...]) -> ClaimRow:
+    outcome, sequence, code, stored_email, claimed_at, expires_at, code_key = row
+    if outcome not in ("claimed", "existing"):
+        return ClaimRow(outcome=outcome, claim=None, code_key=None)
+    claim = Claim(
+        sequence=sequence,
+        brand_id=brand_id,
+        code=code,
+        user_id=user_id,
+        email=stored_email,
+        claimed_at=claimed_at,
+        expires_at=expires_at,
+    )
+    return ClaimRow(outcome=outcome, claim=claim, code_key=code_key)
 
 
 def _copy_value(value: datetime | None) -> str:

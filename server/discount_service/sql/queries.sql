@@ -43,6 +43,10 @@ ORDER BY k.created_at;
 SELECT outcome, sequence, code, email, claimed_at, expires_at, code_key
 FROM discount_claim(%(brand_id)s, %(user_id)s, %(email)s, %(after_code_key)s);
 
+-- name: claim_code_batch
+SELECT item, outcome, sequence, code, email, claimed_at, expires_at, code_key
+FROM discount_claim_batch(%(brand_id)s, %(user_ids)s, %(emails)s, %(after_code_key)s);
+
 -- name: find_batch
 SELECT b.batch_id, b.generated
 FROM code_batches b JOIN brands USING (brand_key)
