@@ -53,11 +53,12 @@ class Profile:
     watchers: int
     idle_streams: int
     paced_rate: float  # claims/s for the light-load latency phase
+    rounds: int = 1  # alternated repetitions of the decay and generation comparisons
     workers: list[int] = field(default_factory=lambda: [1, 2])
 
 
-FULL = Profile("full", 15.0, 2.0, 32, 120_000, 1_000_000, 1_000_000, 100, 1000, 200.0)
-SMOKE = Profile("smoke", 2.0, 0.5, 32, 20_000, 20_000, 50_000, 10, 50, 100.0, [1, 2])
+FULL = Profile("full", 15.0, 2.0, 32, 120_000, 1_000_000, 1_000_000, 100, 1000, 50.0, rounds=2)
+SMOKE = Profile("smoke", 2.0, 0.5, 32, 20_000, 20_000, 50_000, 10, 50, 50.0)
 
 
 def log(msg: str) -> None:
@@ -335,6 +336,17 @@ def pg_cpu(pg: PrivatePostgres) -> float:
     return cpu_seconds(pid)
 
 
+def merge_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Alternated rounds of one phase: the first round's detail, the mean throughput of all."""
+    merged = dict(runs[0])
+    merged["rps"] = sum(r["rps"] for r in runs) / len(runs)
+    merged["calls"] = sum(r["calls"] for r in runs)
+    merged["errors"] = {k: v for r in runs for k, v in r["errors"].items()}
+    merged["repeats"] = sum(r["repeats"] for r in runs)
+    merged["rounds"] = [{k: r[k] for k in ("rps", "p50_ms", "p99_ms", "server_cpu_s", "postgres_cpu_s")} for r in runs]
+    return merged
+
+
 def summarize_load(name: str, data: dict[str, Any]) -> dict[str, Any]:
     warmup, duration = data["warmup"], data["duration"]
     done_at, latency = data["done_at"], data["latency"]
@@ -424,33 +436,44 @@ def probe_claim(address: str, key: str, brand: str, user: str) -> pb.ClaimCodeRe
 # -- phases ---------------------------------------------------------------------------------------
 
 
-def phase_pgbench(db: Db, workdir: Path, pg: PrivatePostgres, brand: str, profile: Profile) -> dict[str, Any]:
+def phase_pgbench(
+    db: Db, workdir: Path, pg: PrivatePostgres, brand: str, profile: Profile, batch: int = 1
+) -> dict[str, Any]:
     """The claim transaction the service runs, straight from pgbench, 32 clients, prepared.
 
+    batch=1: one `discount_claim` per transaction (the service's path when a brand is idle);
+    batch>1: `discount_claim_batch` with that many users per transaction (its path under load).
     Each client keeps its own hint from its last claim, as each server process does, and claims
     for distinct users (client id + a per-client counter)."""
-    script = workdir / "claim.pgbench"
-    tag = f"pgb{os.getpid()}"
-    script.write_text(
-        "\\set n :n + 1\n"
-        f"SELECT coalesce(code_key, :hint) AS hint FROM discount_claim('{brand}', "
-        f"'{tag}-' || :client_id || '-' || :n, '{tag}-' || :client_id || '-' || :n || '@example.com', :hint)\n"
-        "\\gset\n"
-    )
+    script = workdir / f"claim-{batch}.pgbench"
+    tag = f"pgb{os.getpid()}b{batch}"
+    user = f"'{tag}-' || :client_id || '-' || :n"
+    if batch == 1:
+        call = f"discount_claim('{brand}', {user}, {user} || '@example.com', :hint)"
+        select = "coalesce(code_key, :hint)"
+    else:
+        users = ", ".join(f"{user} || '-{i}'" for i in range(batch))
+        emails = ", ".join(f"{user} || '-{i}@example.com'" for i in range(batch))
+        call = f"discount_claim_batch('{brand}', ARRAY[{users}], ARRAY[{emails}], :hint)"
+        select = "coalesce(max(code_key), :hint)"
+    script.write_text(f"\\set n :n + 1\nSELECT {select} AS hint FROM {call}\n\\gset\n")
     duration = int(max(1, round(profile.duration)))
     cmd = [
         str(PG_BIN / "pgbench"), "-n", "-M", "prepared", "-c", str(profile.concurrency), "-j", "2",
         "-T", str(duration), "-D", "hint=0", "-D", "n=0", "-f", str(script), "-r",
         "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", db_name(db.url),
     ]  # fmt: skip
+    before = db.last_sequence(brand)
     cpu_before = pg_cpu(pg)
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
     tps = float(re.search(r"tps = ([\d.]+) \(without initial connection time\)", proc.stdout).group(1))  # type: ignore[union-attr]
     lat = re.search(r"latency average = ([\d.]+) ms", proc.stdout)
-    claimed = db.last_sequence(brand)
-    log(f"pgbench: {tps:.0f} tps ({claimed} claims)")
+    claimed = db.last_sequence(brand) - before
+    log(f"pgbench batch={batch}: {tps:.0f} tps = {tps * batch:.0f} claims/s ({claimed} claims)")
     return {
+        "batch": batch,
         "tps": tps,
+        "claims_per_second": tps * batch,
         "latency_avg_ms": float(lat.group(1)) if lat else None,
         "claims": claimed,
         "postgres_cpu_s": round(pg_cpu(pg) - cpu_before, 2),
@@ -600,8 +623,11 @@ def build_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         main["p99_ms"] <= 40,
     )
     pgb = r["pgbench"]["tps"]
-    row("ClaimCode throughput vs pgbench (same claim function)", f"{main['rps']:.0f}/s", f"pgbench {pgb:.0f} tps",
-        main["rps"] / pgb, "(reference)", None)  # fmt: skip
+    row("ClaimCode throughput vs pgbench, discount_claim per transaction", f"{main['rps']:.0f}/s",
+        f"pgbench {pgb:.0f} tps", main["rps"] / pgb, "(reference)", None)  # fmt: skip
+    pgb16 = r["pgbench_batch"]["claims_per_second"]
+    row("ClaimCode throughput vs pgbench, discount_claim_batch of 16", f"{main['rps']:.0f}/s",
+        f"pgbench {pgb16:.0f} claims/s", main["rps"] / pgb16, "(reference)", None)  # fmt: skip
     for w in r["workers_compare"]:
         row(f"ClaimCode throughput, workers={w['workers']}", f"{w['rps']:.0f}/s", f"echo {echo:.0f}/s",
             w["rps"] / echo, "(1 vs N)", None)  # fmt: skip
@@ -756,6 +782,8 @@ def main(argv: list[str] | None = None) -> int:
         # 3. the database ceiling: pgbench running the same claim function.
         db.brand("pgbench", max(n, 250_000) if profile.name == "full" else n)
         results["pgbench"] = phase_pgbench(db, workdir, pg, "pgbench", profile)
+        db.brand("pgbench16", max(n, 500_000) if profile.name == "full" else n)
+        results["pgbench_batch"] = phase_pgbench(db, workdir, pg, "pgbench16", profile, batch=16)
 
         # 4. decay: a fresh brand vs one with `million` claims piled up (bulk SQL, then real claims).
         fresh_key = db.brand("fresh", n)
@@ -768,20 +796,32 @@ def main(argv: list[str] | None = None) -> int:
         explain_million_hint = db.explain_claim(million_key, hint)
         explain_million_cold = db.explain_claim(million_key, 0)
         explain_million_call = db.explain_claim_call("million", 0)
-        s = start_server(workers)
-        fresh = run_load(workdir, "fresh", target=s.address, method="claim", api_key=service, brand="fresh",
-                         profile=profile, server_pid=s.pid, pg=pg)  # fmt: skip
-        stop_server(s)
-        s = start_server(workers)  # a new process: its hint starts at 0, the worst case
-        after = run_load(workdir, "after-million", target=s.address, method="claim", api_key=service,
-                         brand="million", profile=profile, server_pid=s.pid, pg=pg)  # fmt: skip
+        db.sql("CHECKPOINT")  # the pile-up's WAL is flushed before anything is timed
+        fresh_runs: list[dict[str, Any]] = []
+        after_runs: list[dict[str, Any]] = []
+        for r in range(profile.rounds):  # alternated, so drift in the machine's load hits both
+            brand = "fresh" if r == 0 else f"fresh{r}"
+            if r:
+                db.brand(brand, n)
+            s = start_server(workers)
+            fresh_runs.append(run_load(workdir, f"fresh-{r}", target=s.address, method="claim", api_key=service,
+                                       brand=brand, profile=profile, server_pid=s.pid, pg=pg))  # fmt: skip
+            stop_server(s)
+            db.sql("CHECKPOINT")
+            s = start_server(workers)  # a new process: no hint of its own yet, the worst case
+            after_runs.append(run_load(workdir, f"after-million-{r}", target=s.address, method="claim",
+                                       api_key=service, brand="million", profile=profile, server_pid=s.pid,
+                                       pg=pg))  # fmt: skip
+            if r + 1 < profile.rounds:
+                stop_server(s)
+                db.sql("CHECKPOINT")
         explain_after_run = db.explain_claim(million_key, db.claim_hint(million_key))
         results["decay"] = {
             "piled_up_claims": profile.million,
             "pile_up_seconds": pile_seconds,
             "method": "bulk SQL mimicking claims (pile_up_claims in bench/run.py), then real ClaimCode calls",
-            "fresh": fresh,
-            "after": after,
+            "fresh": merge_rounds(fresh_runs),
+            "after": merge_rounds(after_runs),
             "explain_fresh": explain_fresh,
             "explain_fresh_function_call_hint_0": explain_fresh_call,
             "explain_after_million_function_call_hint_0": explain_million_call,
@@ -790,11 +830,22 @@ def main(argv: list[str] | None = None) -> int:
             "explain_after_million_and_the_run": explain_after_run,
         }
 
-        # 5. generation: raw COPY baseline, then GenerateCodes of the same size in one call.
-        raw = phase_raw_copy(db, profile.generate)
-        db.brand("gen", 0)
-        rpc = phase_generate(db, s, admin, "gen", profile.generate)
-        results["generate"] = {"count": profile.generate, "raw_copy": raw, "rpc": rpc}
+        # 5. generation: raw COPY baseline and GenerateCodes of the same size in one call, alternated.
+        raws, rpcs = [], []
+        for r in range(profile.rounds):
+            raws.append(phase_raw_copy(db, profile.generate))
+            db.brand(f"gen{r}", 0)
+            rpcs.append(phase_generate(db, s, admin, f"gen{r}", profile.generate))
+        results["generate"] = {
+            "count": profile.generate,
+            "raw_copy": {"seconds": sum(x["seconds"] for x in raws) / len(raws), "rounds": raws},
+            "rpc": {
+                "seconds": sum(x["seconds"] for x in rpcs) / len(rpcs),
+                "rss_growth_mb": max(x["rss_growth_mb"] for x in rpcs),
+                "generated": min(x["generated"] for x in rpcs),
+                "rounds": rpcs,
+            },
+        }
         stop_server(s)
 
         # 6. the feed: throughput without watchers, then with 100 watchers streaming every event.
