@@ -26,6 +26,8 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 HEALTH_CHECK_SECONDS = 1.0
+# On SIGTERM, how long the server keeps serving (reporting NOT_SERVING) before it stops accepting calls.
+SHUTDOWN_DRAIN_SECONDS = 0.5
 
 
 def resolve_database_url(settings: Settings) -> str:
@@ -83,10 +85,16 @@ class DiscountServer:
                 serving = ok
             await asyncio.sleep(HEALTH_CHECK_SECONDS)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Graceful stop: refuse new calls, end watch streams, let in-flight calls finish."""
+    async def stop(self, grace: float | None = None, drain: float = 0.0) -> None:
+        """Graceful stop: refuse new calls, end watch streams, let in-flight calls finish.
+
+        `drain` (SIGTERM uses SHUTDOWN_DRAIN_SECONDS): report NOT_SERVING but keep serving that long
+        first, so calls the transport already received get a handler (gRPC core cancels received
+        but not yet started calls when the server stops) and load balancers route elsewhere."""
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         await self.health.enter_graceful_shutdown()
+        if drain > 0:
+            await asyncio.sleep(min(drain, grace / 2))
         for task in self._tasks:
             task.cancel()
         await self.feed.stop()

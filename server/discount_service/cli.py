@@ -45,7 +45,7 @@ class CommandError(Exception):
 
 
 async def _serve(settings: Settings, database_url: str | None = None) -> None:
-    from .app import create_server
+    from .app import SHUTDOWN_DRAIN_SECONDS, create_server
 
     server, port = await create_server(settings, database_url=database_url)
     await server.start()
@@ -56,7 +56,7 @@ async def _serve(settings: Settings, database_url: str | None = None) -> None:
         loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
     log.info("shutting down: finishing in-flight calls (grace %.1fs)", settings.shutdown_grace_seconds)
-    await server.stop()
+    await server.stop(drain=SHUTDOWN_DRAIN_SECONDS)
     log.info("stopped")
 
 

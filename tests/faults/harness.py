@@ -48,6 +48,11 @@ class ClaimLoad:
     errors: Counter[str] = field(default_factory=Counter)
     conflicts: list[str] = field(default_factory=list)
     ok_calls: int = 0
+    # The distinct error messages seen, per status.
+    details: dict[str, set[str]] = field(default_factory=dict)
+    # Users acknowledged after one or more failed attempts: (the failures, newly_claimed of the ack).
+    # newly_claimed=true proves none of the failed attempts had claimed anything.
+    retried: dict[tuple[str, str], tuple[list[str], bool]] = field(default_factory=dict)
     # (started, finished, status name) of every call, for "what happened to calls in flight at t".
     calls: list[tuple[float, float, str]] = field(default_factory=list)
     first_ok_after: dict[str, float] = field(default_factory=dict)
@@ -72,6 +77,7 @@ class ClaimLoad:
         while not self._stop.is_set():
             brand = self.brand_ids[n % len(self.brand_ids)]
             user = f"{self.prefix}-{worker}-{n}"
+            failures: list[str] = []
             while not self._stop.is_set():  # retry the same user until the claim is acknowledged
                 started = time.monotonic()
                 try:
@@ -81,6 +87,8 @@ class ClaimLoad:
                 except grpc.aio.AioRpcError as exc:
                     self.calls.append((started, time.monotonic(), exc.code().name))
                     self.errors[exc.code().name] += 1
+                    failures.append(exc.code().name)
+                    self.details.setdefault(exc.code().name, set()).add((exc.details() or "")[:80])
                     if exc.code() not in RETRYABLE:
                         self.conflicts.append(f"{brand}/{user}: {exc.code().name} {exc.details()}")
                         if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -88,6 +96,8 @@ class ClaimLoad:
                     await asyncio.sleep(0.05)
                     continue
                 self.calls.append((started, time.monotonic(), "OK"))
+                if failures:
+                    self.retried[(brand, user)] = (failures, reply.newly_claimed)
                 self._ack(brand, user, reply)
                 break
             n += 1
