@@ -27,6 +27,10 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 TAIL_SIZE = 8192
+# At most one NOTIFY per brand per this interval from a process: under load a hot brand sent one
+# per round trip, ~7% of the server's CPU (docs/performance.md). Only other processes' watchers
+# wait for it (local ones are woken in-process), by at most this much.
+NOTIFY_INTERVAL_SECONDS = 0.005
 PAGE_SIZE = 1000
 
 
@@ -142,13 +146,16 @@ class ClaimFeed:
             self._notifier = asyncio.get_running_loop().create_task(self._send_notifications())
 
     async def _send_notifications(self) -> None:
-        # Coalesces: while one NOTIFY is in flight, later claims of the brand share the next one.
+        # Coalesces: while one round of NOTIFYs is in flight, and for NOTIFY_INTERVAL_SECONDS
+        # after it, later claims of a brand share the next one. A lone claim is sent at once.
         while self._pending_notifications:
-            brand_id = self._pending_notifications.pop()
-            try:
-                await self.store.notify_claims(f"{self._origin}:{brand_id}")
-            except errors.DiscountError:
-                log.debug("NOTIFY failed; other replicas will see the claim at their next poll")
+            brands, self._pending_notifications = self._pending_notifications, set()
+            for brand_id in brands:
+                try:
+                    await self.store.notify_claims(f"{self._origin}:{brand_id}")
+                except errors.DiscountError:
+                    log.debug("NOTIFY failed; other replicas will see the claim at their next poll")
+            await asyncio.sleep(NOTIFY_INTERVAL_SECONDS)
 
     async def _listen(self) -> None:
         async for payload in self.store.notifications():
