@@ -559,6 +559,8 @@ def summarize_watch(data: dict[str, Any], expected: int) -> dict[str, Any]:
         "latency_p99_ms": percentile(lat, 99) * 1000,
         "latency_max_ms": (lat[-1] * 1000) if lat else float("nan"),
         "latency_samples": len(lat),
+        "messages": data.get("messages"),
+        "client_cpu_s": data.get("client_cpu_s"),
         "latency_sample_ms": [round(x * 1000, 3) for x in lat[:: max(1, len(lat) // 5000)]],
     }
 

@@ -102,6 +102,8 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
         "gaps": gaps,
         "errors": errors,
         "latency": list(latency[latency_start:]),
+        "client_cpu_s": time.process_time(),
+        "messages": sum(counts),
     }
 
 
