@@ -48,7 +48,7 @@ async def test_replicas_share_one_database_and_every_watcher_sees_every_claim(
     watchers = [Watcher(s.address, brand, admin_key) for s in servers for brand in brands]
     for watcher in watchers:
         watcher.start()
-    load = ClaimLoad([s.address for s in servers], brands, service_key, clients=16)
+    load = ClaimLoad([s.address for s in servers], brands, service_key, clients=16, call_timeout=10.0)
     try:
         await asyncio.sleep(0.5)
         load.start()
