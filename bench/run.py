@@ -337,13 +337,20 @@ def pg_cpu(pg: PrivatePostgres) -> float:
 
 
 def merge_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Alternated rounds of one phase: the first round's detail, the mean throughput of all."""
+    """Alternated rounds of one phase: mean throughput, latency percentiles over all their calls,
+    the first round's time series."""
     merged = dict(runs[0])
     merged["rps"] = sum(r["rps"] for r in runs) / len(runs)
+    window = sorted(x for r in runs for x in r["_window"])
+    merged["_window"] = window
+    for q in (50, 90, 99):
+        merged[f"p{q}_ms"] = percentile(window, q) * 1000
+    merged["latency_sample_ms"] = [round(x * 1000, 3) for x in window[:: max(1, len(window) // 5000)]]
     merged["calls"] = sum(r["calls"] for r in runs)
     merged["errors"] = {k: v for r in runs for k, v in r["errors"].items()}
     merged["repeats"] = sum(r["repeats"] for r in runs)
-    merged["rounds"] = [{k: r[k] for k in ("rps", "p50_ms", "p99_ms", "server_cpu_s", "postgres_cpu_s")} for r in runs]
+    keys = ("rps", "p50_ms", "p99_ms", "server_cpu_s", "postgres_cpu_s")
+    merged["rounds"] = [{k: r.get(k) for k in keys} for r in runs]
     return merged
 
 
@@ -367,6 +374,7 @@ def summarize_load(name: str, data: dict[str, Any]) -> dict[str, Any]:
         "repeats": data["repeats"],
         "per_second": [per_second.get(s, 0) for s in range(seconds)],
         "latency_sample_ms": [round(x * 1000, 3) for x in window[:: max(1, len(window) // 5000)]],
+        "_window": window,  # every call's latency in the window; not written to the JSON
     }
 
 
@@ -760,21 +768,28 @@ def main(argv: list[str] | None = None) -> int:
         service = db.key("service")
         n = profile.brand_codes
 
-        # 1. the RPC ceiling: echo, same load generator, concurrency and duration.
-        with echo_server(workdir) as echo_addr:
-            results["echo"] = run_load(workdir, "echo", target=echo_addr, method="echo", api_key=service,
-                                       brand="echo", profile=profile)  # fmt: skip
-
-        # 2. ClaimCode, 1 vs N worker processes, each on a fresh brand.
+        # 1+2. the RPC ceiling (echo: same load generator, concurrency and duration) and ClaimCode with
+        # 1 vs N worker processes, each on a fresh brand; alternated in rounds so that drift in the
+        # machine's load hits all of them.
+        echo_runs: list[dict[str, Any]] = []
+        claim_runs: dict[int, list[dict[str, Any]]] = {w: [] for w in profile.workers}
+        for r in range(profile.rounds):
+            with echo_server(workdir) as echo_addr:
+                echo_runs.append(run_load(workdir, f"echo-{r}", target=echo_addr, method="echo", api_key=service,
+                                          brand="echo", profile=profile))  # fmt: skip
+            for w in profile.workers:
+                db.brand(f"hot-w{w}-{r}", n)
+                s = start_server(w)
+                claim_runs[w].append(run_load(workdir, f"claim-w{w}-{r}", target=s.address, method="claim",
+                                              api_key=service, brand=f"hot-w{w}-{r}", profile=profile,
+                                              server_pid=s.pid, pg=pg))  # fmt: skip
+                stop_server(s)
+        results["echo"] = merge_rounds(echo_runs)
         compare = []
         for w in profile.workers:
-            db.brand(f"hot-w{w}", n)
-            s = start_server(w)
-            summary = run_load(workdir, f"claim-w{w}", target=s.address, method="claim", api_key=service,
-                               brand=f"hot-w{w}", profile=profile, server_pid=s.pid, pg=pg)  # fmt: skip
+            summary = merge_rounds(claim_runs[w])
             summary["workers"] = w
             compare.append(summary)
-            stop_server(s)
         results["workers_compare"] = compare
         best = max(compare, key=lambda c: c["rps"])
         workers = args.workers or int(best["workers"])
@@ -923,7 +938,7 @@ def main(argv: list[str] | None = None) -> int:
     results["table"] = print_table(results["targets"])
     name = f"bench-{profile.name}-{stamp}"
     json_path = out_dir / f"{name}.json"
-    json_path.write_text(json.dumps(results, indent=1, default=str))
+    json_path.write_text(json.dumps(strip_private(results), indent=1, default=str))
     from bench.chart import chart
 
     png_path = out_dir / f"{name}.png"
@@ -933,6 +948,14 @@ def main(argv: list[str] | None = None) -> int:
         log("SANITY FAILURES (the service misbehaved under load):\n  " + "\n  ".join(results["sanity"]))
         return 1
     return 0
+
+
+def strip_private(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: strip_private(v) for k, v in value.items() if not k.startswith("_")}
+    if isinstance(value, list):
+        return [strip_private(v) for v in value]
+    return value
 
 
 def sanity(r: dict[str, Any]) -> list[str]:
