@@ -283,6 +283,25 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def bytes_sent_by_server(port: int) -> dict[int, int]:
+    """Per client port, the bytes the server at 127.0.0.1:`port` has sent on that TCP connection
+    (from the kernel's tcp_info, via `ss`)."""
+    out = subprocess.run(
+        ["ss", "-tinH", "state", "established", f"( sport = :{port} )"], capture_output=True, text=True, check=True
+    ).stdout
+    result: dict[int, int] = {}
+    peer: int | None = None
+    for line in out.splitlines():
+        fields = line.split()
+        if not line.startswith((" ", "\t")) and len(fields) >= 4:
+            peer = int(fields[3].rsplit(":", 1)[1])
+            continue
+        for item in fields:
+            if item.startswith("bytes_sent:") and peer is not None:
+                result[peer] = int(item.split(":", 1)[1])
+    return result
+
+
 def backend_pids(url: str) -> list[int]:
     """PostgreSQL backends connected to the database of `url` (for their CPU time)."""
     rows = sql(url, "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
