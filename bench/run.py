@@ -681,6 +681,23 @@ def build_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         "(reference)",
         None,
     )
+    fe = w["few_watchers_events"]
+    row(
+        f"  same, {fe['watchers']} watchers, {r['profile']['concurrency']} in flight: latency p50 / p99",
+        f"{fe['latency_p50_ms']:.1f} / {fe['latency_p99_ms']:.1f} ms",
+        "",
+        None,
+        "(reference)",
+        None,
+    )
+    row(
+        f"  claim throughput with {fe['watchers']} watchers vs none",
+        f"{w['with_few_watchers']['rps']:.0f}/s",
+        f"none {w['without_watchers']['rps']:.0f}/s",
+        w["with_few_watchers"]["rps"] / w["without_watchers"]["rps"],
+        "(reference)",
+        None,
+    )
     ratio = w["with_watchers"]["rps"] / w["without_watchers"]["rps"]
     row(
         f"claim throughput with {ev['watchers']} watchers streaming every event vs none",
@@ -899,6 +916,16 @@ def main(argv: list[str] | None = None) -> int:
         expected_paced = db.last_sequence("paced")
         paced_events = summarize_watch(paced_w.finish(expected_paced), expected_paced)
         log(f"paced watchers: p50 {paced_events['latency_p50_ms']:.1f} ms, p99 {paced_events['latency_p99_ms']:.1f} ms")
+        few = max(1, profile.watchers // 10)  # where the knee is: the same closed loop with a tenth of them
+        db.brand("watched-few", n)
+        few_w = Watchers(workdir, "watched-few", s.address, admin, "watched-few", few)
+        probe_claim(s.address, service, "watched-few", "probe")
+        few_w.wait_ready()
+        with_few = run_load(workdir, "with-few-watchers", target=s.address, method="claim", api_key=service,
+                            brand="watched-few", profile=profile, server_pid=s.pid, pg=pg)  # fmt: skip
+        expected_few = db.last_sequence("watched-few")
+        few_events = summarize_watch(few_w.finish(expected_few), expected_few)
+        log(f"{few} watchers: p50 {few_events['latency_p50_ms']:.1f} ms, p99 {few_events['latency_p99_ms']:.1f} ms")
         results["watch"] = {
             "without_watchers": without,
             "with_watchers": with_w,
@@ -906,6 +933,8 @@ def main(argv: list[str] | None = None) -> int:
             "paced_rate": profile.paced_rate,
             "paced": paced,
             "paced_events": paced_events,
+            "with_few_watchers": with_few,
+            "few_watchers_events": few_events,
         }
         stop_server(s)
 
@@ -972,12 +1001,13 @@ def sanity(r: dict[str, Any]) -> list[str]:
     problems = []
     phases = [r["echo"], *r["workers_compare"], r["decay"]["fresh"], r["decay"]["after"]]
     phases += [r["watch"]["without_watchers"], r["watch"]["with_watchers"], r["watch"]["paced"]]
+    phases += [r["watch"]["with_few_watchers"]]
     for p in phases:
         if p["errors"] or p["repeats"]:
             problems.append(f"{p['name']}: errors {p['errors']}, repeated users {p['repeats']}")
         if p["calls"] == 0:
             problems.append(f"{p['name']}: no calls completed")
-    for name in ("with_watchers_events", "paced_events"):
+    for name in ("with_watchers_events", "paced_events", "few_watchers_events"):
         ev = r["watch"][name]
         if not ev["every_watcher_got_every_event"]:
             problems.append(f"{name}: not every watcher got every event: {ev['min_events']}..{ev['max_events']}")
