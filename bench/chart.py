@@ -18,9 +18,9 @@ def _phases(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     phases.append(("fresh brand", results["decay"]["fresh"]))
     phases.append((f"after {results['decay']['piled_up_claims']:,} claims", results["decay"]["after"]))
     phases.append(("no watchers", results["watch"]["without_watchers"]))
-    phases.append(
-        (f"{results['watch']['with_watchers_events']['watchers']} watchers", results["watch"]["with_watchers"])
-    )
+    watch = results["watch"]
+    phases.append((f"{watch['few_watchers_events']['watchers']} watchers", watch["with_few_watchers"]))
+    phases.append((f"{watch['with_watchers_events']['watchers']} watchers", watch["with_watchers"]))
     return phases
 
 
@@ -55,6 +55,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
     for label, events in (
         (f"{watch['with_watchers_events']['watchers']} watchers, closed loop", watch["with_watchers_events"]),
         (f"{watch['paced_events']['watchers']} watchers, {watch['paced_rate']:.0f} claims/s", watch["paced_events"]),
+        (f"{watch['few_watchers_events']['watchers']} watchers, closed loop", watch["few_watchers_events"]),
     ):
         sample = sorted(events["latency_sample_ms"])
         if sample:
