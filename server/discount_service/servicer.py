@@ -212,6 +212,9 @@ class DiscountServicer:
             claims = await self._service.open_watch(
                 principal, brand_id=request.brand_id, after_sequence=request.after_sequence
             )
+            # Headers now, not with the first claim: a watcher of a quiet brand learns at once that
+            # its stream is open (the browser page shows "Live" from this).
+            await context.send_initial_metadata(())
             encoded = self._encoded.get
             async for claim in claims:
                 yield encoded(claim)
