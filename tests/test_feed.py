@@ -178,3 +178,40 @@ async def test_watch_errors(server: ServerHandle) -> None:
                 async for _ in stub.WatchClaims(request, metadata=server.metadata()):
                     pass
             assert err.value.code() == expected
+
+
+async def test_batched_watch_delivers_every_claim_once_in_runs(server: ServerHandle) -> None:
+    """max_claims_per_response > 1: runs of claims in `claims`; the default stays one per `claim`."""
+    create_brand(server.database_url, "acme")
+    generate_codes_sql(server.database_url, "acme", 400)
+    channel, stub = server.aio_stub()
+    async with channel:
+        for i in range(150):  # history, so the first responses carry full runs
+            await stub.ClaimCode(claim_request("acme", f"early-{i}"), metadata=server.metadata())
+        batched = stub.WatchClaims(
+            pb.WatchClaimsRequest(brand_id="acme", max_claims_per_response=64), metadata=server.metadata()
+        )
+        responses: list[pb.WatchClaimsResponse] = []
+
+        async def read(until: int) -> None:
+            async for response in batched:
+                responses.append(response)
+                if sum(len(r.claims) for r in responses) >= until:
+                    return
+
+        reading = asyncio.create_task(read(300))
+        await asyncio.gather(
+            *(stub.ClaimCode(claim_request("acme", f"late-{i}"), metadata=server.metadata()) for i in range(150))
+        )
+        await asyncio.wait_for(reading, 30)
+        batched.cancel()
+        single = stub.WatchClaims(pb.WatchClaimsRequest(brand_id="acme"), metadata=server.metadata())
+        first = await single.read()
+        single.cancel()
+    flat = [c for r in responses for c in r.claims]
+    assert [c.sequence for c in flat] == list(range(1, 301))
+    assert all(not r.HasField("claim") and 1 <= len(r.claims) <= 64 for r in responses)
+    assert len(responses) < 300  # the history really came in runs
+    recorded = dict(sql(server.database_url, "SELECT user_id, code FROM claims"))
+    assert {c.user_id: c.code for c in flat} == recorded
+    assert first.claim.sequence == 1 and len(first.claims) == 0

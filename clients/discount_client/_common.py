@@ -20,6 +20,9 @@ from .errors import InvalidArgument
 SERVICE_NAME = "discount.v1.DiscountService"
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_DEADLINE_SECONDS = 10.0
+# Watches ask for up to this many claims per message: a watcher that is behind, or a busy brand,
+# costs the server one write per run of claims instead of one per claim.
+WATCH_CLAIMS_PER_RESPONSE = 256
 
 # Watch streams end with these codes when the server, the network or a proxy goes away; the
 # watch iterator reconnects. Anything else (bad key, unknown brand, ...) is raised to the caller.

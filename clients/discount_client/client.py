@@ -141,7 +141,11 @@ class DiscountClient:
         while not self._closed:
             try:
                 call = self._stub.WatchClaims(
-                    pb.WatchClaimsRequest(brand_id=brand_id, after_sequence=cursor),
+                    pb.WatchClaimsRequest(
+                        brand_id=brand_id,
+                        after_sequence=cursor,
+                        max_claims_per_response=_common.WATCH_CLAIMS_PER_RESPONSE,
+                    ),
                     metadata=self._metadata,
                 )
             except ValueError:  # the channel was closed meanwhile
@@ -151,11 +155,13 @@ class DiscountClient:
             error: DiscountError
             try:
                 for response in call:
-                    if response.claim.sequence <= cursor:
-                        continue  # never yield twice, whatever the server sends
-                    cursor = response.claim.sequence
-                    failures = 0
-                    yield _common.claim_from_proto(response.claim)
+                    # A server that predates batching ignores the request and sets `claim`.
+                    for claim in response.claims or (response.claim,):
+                        if claim.sequence <= cursor:
+                            continue  # never yield twice, whatever the server sends
+                        cursor = claim.sequence
+                        failures = 0
+                        yield _common.claim_from_proto(claim)
                 error = DiscountError("the server ended the stream", code="OK", method="WatchClaims")
             except grpc.RpcError as exc:
                 if self._closed:

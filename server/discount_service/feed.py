@@ -174,9 +174,10 @@ class ClaimFeed:
             for channel in list(self._channels.values()):
                 channel.wake()
 
-    async def watch(self, brand_id: str, brand_key: int, after_sequence: int) -> AsyncIterator[Claim]:
+    async def watch(self, brand_id: str, brand_key: int, after_sequence: int) -> AsyncIterator[list[Claim]]:
         """Every claim of the brand after `after_sequence`, oldest first, then live ones, until
-        the feed stops (server shutdown)."""
+        the feed stops (server shutdown). Yields them in runs of consecutive claims, as they are
+        available: every watcher of a brand shares the same Claim objects."""
         existing = self._channels.get(brand_id)
         channel = existing if existing is not None else BrandChannel(self, brand_id, brand_key)
         self._channels[brand_id] = channel
@@ -189,9 +190,8 @@ class ClaimFeed:
                 if batch is None:  # behind the in-memory tail: page from the database
                     batch = await self.store.feed_page(brand_id, brand_key, cursor, PAGE_SIZE)
                 if batch:
-                    for claim in batch:
-                        yield claim
-                        cursor = claim.sequence
+                    yield batch
+                    cursor = batch[-1].sequence
                     continue
                 await channel.wait_for_news(self.poll_seconds)
         finally:

@@ -125,7 +125,9 @@ class DiscountService:
             expired=row.expired,
         )
 
-    async def open_watch(self, principal: Principal, *, brand_id: str, after_sequence: int) -> AsyncIterator[Claim]:
+    async def open_watch(
+        self, principal: Principal, *, brand_id: str, after_sequence: int
+    ) -> AsyncIterator[list[Claim]]:
         """Checks the request, then returns the claim stream (so errors surface before streaming)."""
         validation.brand_id(brand_id)
         require_brand_access(principal, brand_id)

@@ -75,26 +75,55 @@ def _metadata(context: Context, key: str) -> str | None:
     return None
 
 
+MAX_CLAIMS_PER_RESPONSE = 1000  # keeps a response far below the 1 MiB message limit
+
+
+def _length_delimited(field_tag: int, payload: bytes) -> bytes:
+    """One protobuf length-delimited field: tag, varint length, bytes."""
+    size, length = len(payload), bytearray()
+    while size > 0x7F:
+        length.append((size & 0x7F) | 0x80)
+        size >>= 7
+    length.append(size)
+    return bytes((field_tag,)) + bytes(length) + payload
+
+
 class EncodedClaims:
-    """Each claim's WatchClaimsResponse, encoded once and shared as bytes by every watcher that
-    streams it: the feed hands all watchers of a brand the same Claim objects, so fan-out costs
-    one protobuf encoding per event instead of one per watcher (docs/performance.md)."""
+    """Each claim encoded once and shared as bytes by every watcher that streams it: the feed
+    hands all watchers of a brand the same Claim objects, so fan-out costs one protobuf encoding
+    per event instead of one per watcher (docs/performance.md).
+
+    Per claim it keeps two ready-made pieces of a WatchClaimsResponse: field 1 (`claim`, a whole
+    response on its own) and one element of field 2 (`claims`); a batched response is just the
+    concatenation of its claims' elements."""
+
+    _CLAIM_TAG = 0x0A  # field 1, wire type 2
+    _CLAIMS_TAG = 0x12  # field 2, wire type 2
 
     def __init__(self, size: int = 8192) -> None:
         self._size = size
-        # id(claim) -> (claim, bytes); holding the claim keeps its id from being reused.
-        self._entries: dict[int, tuple[Claim, bytes]] = {}
+        # id(claim) -> (claim, single, element); holding the claim keeps its id from being reused.
+        self._entries: dict[int, tuple[Claim, bytes, bytes]] = {}
 
-    def get(self, claim: Claim) -> bytes:
+    def _get(self, claim: Claim) -> tuple[Claim, bytes, bytes]:
         entry = self._entries.get(id(claim))
         if entry is not None and entry[0] is claim:
-            return entry[1]
-        data = pb.WatchClaimsResponse(claim=claim_to_proto(claim)).SerializeToString()
+            return entry
+        body = claim_to_proto(claim).SerializeToString()
+        entry = (claim, _length_delimited(self._CLAIM_TAG, body), _length_delimited(self._CLAIMS_TAG, body))
         if len(self._entries) >= self._size:  # drop the oldest quarter (dicts keep insertion order)
             for key in list(itertools.islice(self._entries, self._size // 4)):
                 del self._entries[key]
-        self._entries[id(claim)] = (claim, data)
-        return data
+        self._entries[id(claim)] = entry
+        return entry
+
+    def single(self, claim: Claim) -> bytes:
+        """A WatchClaimsResponse with `claim` set."""
+        return self._get(claim)[1]
+
+    def batch(self, claims: list[Claim]) -> bytes:
+        """A WatchClaimsResponse with `claims` set to these claims."""
+        return b"".join([self._get(claim)[2] for claim in claims])
 
 
 T = TypeVar("T")
@@ -215,9 +244,14 @@ class DiscountServicer:
             # Headers now, not with the first claim: a watcher of a quiet brand learns at once that
             # its stream is open (the browser page shows "Live" from this).
             await context.send_initial_metadata(())
-            encoded = self._encoded.get
-            async for claim in claims:
-                yield encoded(claim)
+            per_response = min(request.max_claims_per_response, MAX_CLAIMS_PER_RESPONSE)
+            async for run in claims:
+                if per_response <= 1:
+                    for claim in run:
+                        yield self._encoded.single(claim)
+                else:
+                    for start in range(0, len(run), per_response):
+                        yield self._encoded.batch(run[start : start + per_response])
         except errors.DiscountError as exc:
             code = STATUS_FOR_ERROR.get(type(exc), grpc.StatusCode.INTERNAL)
             await context.abort(code, str(exc))

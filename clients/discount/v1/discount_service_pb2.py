@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"discount/v1/discount_service.proto\x12\x0b\x64iscount.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa0\x01\n\x14GenerateCodesRequest\x12\x10\n\x08\x62rand_id\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63ode_length\x18\x04 \x01(\r\x12\x0e\n\x06prefix\x18\x05 \x01(\t\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"a\n\x15GenerateCodesResponse\x12\x10\n\x08\x62rand_id\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12\x11\n\tgenerated\x18\x03 \x01(\r\x12\x11\n\tavailable\x18\x04 \x01(\x04\"\xb9\x01\n\x05\x43laim\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x10\n\x08\x62rand_id\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\r\n\x05\x65mail\x18\x05 \x01(\t\x12.\n\nclaimed_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"D\n\x10\x43laimCodeRequest\x12\x10\n\x08\x62rand_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\"M\n\x11\x43laimCodeResponse\x12!\n\x05\x63laim\x18\x01 \x01(\x0b\x32\x12.discount.v1.Claim\x12\x15\n\rnewly_claimed\x18\x02 \x01(\x08\">\n\x12WatchClaimsRequest\x12\x10\n\x08\x62rand_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\"8\n\x13WatchClaimsResponse\x12!\n\x05\x63laim\x18\x01 \x01(\x0b\x32\x12.discount.v1.Claim\"(\n\x14GetBrandStatsRequest\x12\x10\n\x08\x62rand_id\x18\x01 \x01(\t\"m\n\x15GetBrandStatsResponse\x12\x10\n\x08\x62rand_id\x18\x01 \x01(\t\x12\r\n\x05total\x18\x02 \x01(\x04\x12\x11\n\tavailable\x18\x03 \x01(\x04\x12\x0f\n\x07\x63laimed\x18\x04 \x01(\x04\x12\x0f\n\x07\x65xpired\x18\x05 \x01(\x04\x32\xe1\x02\n\x0f\x44iscountService\x12V\n\rGenerateCodes\x12!.discount.v1.GenerateCodesRequest\x1a\".discount.v1.GenerateCodesResponse\x12J\n\tClaimCode\x12\x1d.discount.v1.ClaimCodeRequest\x1a\x1e.discount.v1.ClaimCodeResponse\x12R\n\x0bWatchClaims\x12\x1f.discount.v1.WatchClaimsRequest\x1a .discount.v1.WatchClaimsResponse0\x01\x12V\n\rGetBrandStats\x12!.discount.v1.GetBrandStatsRequest\x1a\".discount.v1.GetBrandStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"discount/v1/discount_service.proto\x12\x0b\x64iscount.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa0\x01\n\x14GenerateCodesRequest\x12\x10\n\x08\x62rand_id\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63ode_length\x18\x04 \x01(\r\x12\x0e\n\x06prefix\x18\x05 \x01(\t\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"a\n\x15GenerateCodesResponse\x12\x10\n\x08\x62rand_id\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12\x11\n\tgenerated\x18\x03 \x01(\r\x12\x11\n\tavailable\x18\x04 \x01(\x04\"\xb9\x01\n\x05\x43laim\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x10\n\x08\x62rand_id\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\r\n\x05\x65mail\x18\x05 \x01(\t\x12.\n\nclaimed_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"D\n\x10\x43laimCodeRequest\x12\x10\n\x08\x62rand_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\"M\n\x11\x43laimCodeResponse\x12!\n\x05\x63laim\x18\x01 \x01(\x0b\x32\x12.discount.v1.Claim\x12\x15\n\rnewly_claimed\x18\x02 \x01(\x08\"_\n\x12WatchClaimsRequest\x12\x10\n\x08\x62rand_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\x12\x1f\n\x17max_claims_per_response\x18\x03 \x01(\r\"\\\n\x13WatchClaimsResponse\x12!\n\x05\x63laim\x18\x01 \x01(\x0b\x32\x12.discount.v1.Claim\x12\"\n\x06\x63laims\x18\x02 \x03(\x0b\x32\x12.discount.v1.Claim\"(\n\x14GetBrandStatsRequest\x12\x10\n\x08\x62rand_id\x18\x01 \x01(\t\"m\n\x15GetBrandStatsResponse\x12\x10\n\x08\x62rand_id\x18\x01 \x01(\t\x12\r\n\x05total\x18\x02 \x01(\x04\x12\x11\n\tavailable\x18\x03 \x01(\x04\x12\x0f\n\x07\x63laimed\x18\x04 \x01(\x04\x12\x0f\n\x07\x65xpired\x18\x05 \x01(\x04\x32\xe1\x02\n\x0f\x44iscountService\x12V\n\rGenerateCodes\x12!.discount.v1.GenerateCodesRequest\x1a\".discount.v1.GenerateCodesResponse\x12J\n\tClaimCode\x12\x1d.discount.v1.ClaimCodeRequest\x1a\x1e.discount.v1.ClaimCodeResponse\x12R\n\x0bWatchClaims\x12\x1f.discount.v1.WatchClaimsRequest\x1a .discount.v1.WatchClaimsResponse0\x01\x12V\n\rGetBrandStats\x12!.discount.v1.GetBrandStatsRequest\x1a\".discount.v1.GetBrandStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,13 +43,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLAIMCODERESPONSE']._serialized_start=604
   _globals['_CLAIMCODERESPONSE']._serialized_end=681
   _globals['_WATCHCLAIMSREQUEST']._serialized_start=683
-  _globals['_WATCHCLAIMSREQUEST']._serialized_end=745
-  _globals['_WATCHCLAIMSRESPONSE']._serialized_start=747
-  _globals['_WATCHCLAIMSRESPONSE']._serialized_end=803
-  _globals['_GETBRANDSTATSREQUEST']._serialized_start=805
-  _globals['_GETBRANDSTATSREQUEST']._serialized_end=845
-  _globals['_GETBRANDSTATSRESPONSE']._serialized_start=847
-  _globals['_GETBRANDSTATSRESPONSE']._serialized_end=956
-  _globals['_DISCOUNTSERVICE']._serialized_start=959
-  _globals['_DISCOUNTSERVICE']._serialized_end=1312
+  _globals['_WATCHCLAIMSREQUEST']._serialized_end=778
+  _globals['_WATCHCLAIMSRESPONSE']._serialized_start=780
+  _globals['_WATCHCLAIMSRESPONSE']._serialized_end=872
+  _globals['_GETBRANDSTATSREQUEST']._serialized_start=874
+  _globals['_GETBRANDSTATSREQUEST']._serialized_end=914
+  _globals['_GETBRANDSTATSRESPONSE']._serialized_start=916
+  _globals['_GETBRANDSTATSRESPONSE']._serialized_end=1025
+  _globals['_DISCOUNTSERVICE']._serialized_start=1028
+  _globals['_DISCOUNTSERVICE']._serialized_end=1381
 # @@protoc_insertion_point(module_scope)

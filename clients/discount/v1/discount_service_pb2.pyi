@@ -1,9 +1,10 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -73,18 +74,22 @@ class ClaimCodeResponse(_message.Message):
     def __init__(self, claim: _Optional[_Union[Claim, _Mapping]] = ..., newly_claimed: _Optional[bool] = ...) -> None: ...
 
 class WatchClaimsRequest(_message.Message):
-    __slots__ = ("brand_id", "after_sequence")
+    __slots__ = ("brand_id", "after_sequence", "max_claims_per_response")
     BRAND_ID_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    MAX_CLAIMS_PER_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     brand_id: str
     after_sequence: int
-    def __init__(self, brand_id: _Optional[str] = ..., after_sequence: _Optional[int] = ...) -> None: ...
+    max_claims_per_response: int
+    def __init__(self, brand_id: _Optional[str] = ..., after_sequence: _Optional[int] = ..., max_claims_per_response: _Optional[int] = ...) -> None: ...
 
 class WatchClaimsResponse(_message.Message):
-    __slots__ = ("claim",)
+    __slots__ = ("claim", "claims")
     CLAIM_FIELD_NUMBER: _ClassVar[int]
+    CLAIMS_FIELD_NUMBER: _ClassVar[int]
     claim: Claim
-    def __init__(self, claim: _Optional[_Union[Claim, _Mapping]] = ...) -> None: ...
+    claims: _containers.RepeatedCompositeFieldContainer[Claim]
+    def __init__(self, claim: _Optional[_Union[Claim, _Mapping]] = ..., claims: _Optional[_Iterable[_Union[Claim, _Mapping]]] = ...) -> None: ...
 
 class GetBrandStatsRequest(_message.Message):
     __slots__ = ("brand_id",)

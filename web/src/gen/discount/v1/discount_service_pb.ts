@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file discount/v1/discount_service.proto.
  */
 export const file_discount_v1_discount_service: GenFile = /*@__PURE__*/
-  fileDesc("CiJkaXNjb3VudC92MS9kaXNjb3VudF9zZXJ2aWNlLnByb3RvEgtkaXNjb3VudC52MSKgAQoUR2VuZXJhdGVDb2Rlc1JlcXVlc3QSEAoIYnJhbmRfaWQYASABKAkSDQoFY291bnQYAiABKA0SEgoKcmVxdWVzdF9pZBgDIAEoCRITCgtjb2RlX2xlbmd0aBgEIAEoDRIOCgZwcmVmaXgYBSABKAkSLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiYQoVR2VuZXJhdGVDb2Rlc1Jlc3BvbnNlEhAKCGJyYW5kX2lkGAEgASgJEhAKCGJhdGNoX2lkGAIgASgJEhEKCWdlbmVyYXRlZBgDIAEoDRIRCglhdmFpbGFibGUYBCABKAQiuQEKBUNsYWltEhAKCHNlcXVlbmNlGAEgASgEEhAKCGJyYW5kX2lkGAIgASgJEgwKBGNvZGUYAyABKAkSDwoHdXNlcl9pZBgEIAEoCRINCgVlbWFpbBgFIAEoCRIuCgpjbGFpbWVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpleHBpcmVzX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJEChBDbGFpbUNvZGVSZXF1ZXN0EhAKCGJyYW5kX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSDQoFZW1haWwYAyABKAkiTQoRQ2xhaW1Db2RlUmVzcG9uc2USIQoFY2xhaW0YASABKAsyEi5kaXNjb3VudC52MS5DbGFpbRIVCg1uZXdseV9jbGFpbWVkGAIgASgIIj4KEldhdGNoQ2xhaW1zUmVxdWVzdBIQCghicmFuZF9pZBgBIAEoCRIWCg5hZnRlcl9zZXF1ZW5jZRgCIAEoBCI4ChNXYXRjaENsYWltc1Jlc3BvbnNlEiEKBWNsYWltGAEgASgLMhIuZGlzY291bnQudjEuQ2xhaW0iKAoUR2V0QnJhbmRTdGF0c1JlcXVlc3QSEAoIYnJhbmRfaWQYASABKAkibQoVR2V0QnJhbmRTdGF0c1Jlc3BvbnNlEhAKCGJyYW5kX2lkGAEgASgJEg0KBXRvdGFsGAIgASgEEhEKCWF2YWlsYWJsZRgDIAEoBBIPCgdjbGFpbWVkGAQgASgEEg8KB2V4cGlyZWQYBSABKAQy4QIKD0Rpc2NvdW50U2VydmljZRJWCg1HZW5lcmF0ZUNvZGVzEiEuZGlzY291bnQudjEuR2VuZXJhdGVDb2Rlc1JlcXVlc3QaIi5kaXNjb3VudC52MS5HZW5lcmF0ZUNvZGVzUmVzcG9uc2USSgoJQ2xhaW1Db2RlEh0uZGlzY291bnQudjEuQ2xhaW1Db2RlUmVxdWVzdBoeLmRpc2NvdW50LnYxLkNsYWltQ29kZVJlc3BvbnNlElIKC1dhdGNoQ2xhaW1zEh8uZGlzY291bnQudjEuV2F0Y2hDbGFpbXNSZXF1ZXN0GiAuZGlzY291bnQudjEuV2F0Y2hDbGFpbXNSZXNwb25zZTABElYKDUdldEJyYW5kU3RhdHMSIS5kaXNjb3VudC52MS5HZXRCcmFuZFN0YXRzUmVxdWVzdBoiLmRpc2NvdW50LnYxLkdldEJyYW5kU3RhdHNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("CiJkaXNjb3VudC92MS9kaXNjb3VudF9zZXJ2aWNlLnByb3RvEgtkaXNjb3VudC52MSKgAQoUR2VuZXJhdGVDb2Rlc1JlcXVlc3QSEAoIYnJhbmRfaWQYASABKAkSDQoFY291bnQYAiABKA0SEgoKcmVxdWVzdF9pZBgDIAEoCRITCgtjb2RlX2xlbmd0aBgEIAEoDRIOCgZwcmVmaXgYBSABKAkSLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiYQoVR2VuZXJhdGVDb2Rlc1Jlc3BvbnNlEhAKCGJyYW5kX2lkGAEgASgJEhAKCGJhdGNoX2lkGAIgASgJEhEKCWdlbmVyYXRlZBgDIAEoDRIRCglhdmFpbGFibGUYBCABKAQiuQEKBUNsYWltEhAKCHNlcXVlbmNlGAEgASgEEhAKCGJyYW5kX2lkGAIgASgJEgwKBGNvZGUYAyABKAkSDwoHdXNlcl9pZBgEIAEoCRINCgVlbWFpbBgFIAEoCRIuCgpjbGFpbWVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpleHBpcmVzX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJEChBDbGFpbUNvZGVSZXF1ZXN0EhAKCGJyYW5kX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSDQoFZW1haWwYAyABKAkiTQoRQ2xhaW1Db2RlUmVzcG9uc2USIQoFY2xhaW0YASABKAsyEi5kaXNjb3VudC52MS5DbGFpbRIVCg1uZXdseV9jbGFpbWVkGAIgASgIIl8KEldhdGNoQ2xhaW1zUmVxdWVzdBIQCghicmFuZF9pZBgBIAEoCRIWCg5hZnRlcl9zZXF1ZW5jZRgCIAEoBBIfChdtYXhfY2xhaW1zX3Blcl9yZXNwb25zZRgDIAEoDSJcChNXYXRjaENsYWltc1Jlc3BvbnNlEiEKBWNsYWltGAEgASgLMhIuZGlzY291bnQudjEuQ2xhaW0SIgoGY2xhaW1zGAIgAygLMhIuZGlzY291bnQudjEuQ2xhaW0iKAoUR2V0QnJhbmRTdGF0c1JlcXVlc3QSEAoIYnJhbmRfaWQYASABKAkibQoVR2V0QnJhbmRTdGF0c1Jlc3BvbnNlEhAKCGJyYW5kX2lkGAEgASgJEg0KBXRvdGFsGAIgASgEEhEKCWF2YWlsYWJsZRgDIAEoBBIPCgdjbGFpbWVkGAQgASgEEg8KB2V4cGlyZWQYBSABKAQy4QIKD0Rpc2NvdW50U2VydmljZRJWCg1HZW5lcmF0ZUNvZGVzEiEuZGlzY291bnQudjEuR2VuZXJhdGVDb2Rlc1JlcXVlc3QaIi5kaXNjb3VudC52MS5HZW5lcmF0ZUNvZGVzUmVzcG9uc2USSgoJQ2xhaW1Db2RlEh0uZGlzY291bnQudjEuQ2xhaW1Db2RlUmVxdWVzdBoeLmRpc2NvdW50LnYxLkNsYWltQ29kZVJlc3BvbnNlElIKC1dhdGNoQ2xhaW1zEh8uZGlzY291bnQudjEuV2F0Y2hDbGFpbXNSZXF1ZXN0GiAuZGlzY291bnQudjEuV2F0Y2hDbGFpbXNSZXNwb25zZTABElYKDUdldEJyYW5kU3RhdHMSIS5kaXNjb3VudC52MS5HZXRCcmFuZFN0YXRzUmVxdWVzdBoiLmRpc2NvdW50LnYxLkdldEJyYW5kU3RhdHNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * GenerateCodesRequest asks for a batch of new codes.
@@ -259,6 +259,13 @@ export type WatchClaimsRequest = Message<"discount.v1.WatchClaimsRequest"> & {
    * @generated from field: uint64 after_sequence = 2;
    */
   afterSequence: bigint;
+
+  /**
+   * Optional: send up to this many claims per response, in `claims`; 0 or 1 sends one per response, in `claim`.
+   *
+   * @generated from field: uint32 max_claims_per_response = 3;
+   */
+  maxClaimsPerResponse: number;
 };
 
 /**
@@ -269,17 +276,24 @@ export const WatchClaimsRequestSchema: GenMessage<WatchClaimsRequest> = /*@__PUR
   messageDesc(file_discount_v1_discount_service, 5);
 
 /**
- * WatchClaimsResponse carries one claim of the feed.
+ * WatchClaimsResponse carries the next claim (or, on request, the next few claims) of the feed.
  *
  * @generated from message discount.v1.WatchClaimsResponse
  */
 export type WatchClaimsResponse = Message<"discount.v1.WatchClaimsResponse"> & {
   /**
-   * The next claim, in sequence order.
+   * The next claim, in sequence order (unset when the watcher asked for max_claims_per_response > 1).
    *
    * @generated from field: discount.v1.Claim claim = 1;
    */
   claim?: Claim | undefined;
+
+  /**
+   * With max_claims_per_response > 1: the next claims, in sequence order, at least one.
+   *
+   * @generated from field: repeated discount.v1.Claim claims = 2;
+   */
+  claims: Claim[];
 };
 
 /**
