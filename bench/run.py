@@ -378,11 +378,23 @@ def summarize_load(name: str, data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# What discount_client asks for: runs of up to this many claims per WatchClaims message.
+WATCH_CLAIMS_PER_RESPONSE = 256
+
+
 class Watchers:
     """A watchers.py process with N WatchClaims streams."""
 
     def __init__(
-        self, workdir: Path, name: str, target: str, api_key: str, brand: str, n: int, record: bool = True
+        self,
+        workdir: Path,
+        name: str,
+        target: str,
+        api_key: str,
+        brand: str,
+        n: int,
+        record: bool = True,
+        per_response: int = WATCH_CLAIMS_PER_RESPONSE,
     ) -> None:
         self.out = workdir / f"watch-{name}.json"
         config = {
@@ -393,6 +405,7 @@ class Watchers:
             "channels": max(1, n // 10),
             "after_sequence": 0,
             "record_latency": record,
+            "max_claims_per_response": per_response,
             "drain_timeout": 600,
             "out": str(self.out),
         }
@@ -665,7 +678,7 @@ def build_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     ev = w["with_watchers_events"]
     row(
         f"claim -> WatchClaims event latency p50 / p99, {ev['watchers']} watchers, "
-        f"{r['profile']['concurrency']} in flight",
+        f"{r['profile']['concurrency']} in flight (runs of <= {w.get('max_claims_per_response', 1)} per message)",
         f"{ev['latency_p50_ms']:.1f} / {ev['latency_p99_ms']:.1f} ms",
         "",
         None,
@@ -706,6 +719,23 @@ def build_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         ratio,
         ">= 0.85",
         ratio >= 0.85,
+    )
+    se = w["single_events"]
+    row(
+        f"  reference: {se['watchers']} watchers asking one claim per message: throughput vs none",
+        f"{w['with_watchers_single']['rps']:.0f}/s",
+        f"none {w['without_watchers']['rps']:.0f}/s",
+        w["with_watchers_single"]["rps"] / w["without_watchers"]["rps"],
+        "(reference)",
+        None,
+    )
+    row(
+        "  reference: the same, event latency p50 / p99",
+        f"{se['latency_p50_ms']:.1f} / {se['latency_p99_ms']:.1f} ms",
+        "",
+        None,
+        "(reference)",
+        None,
     )
     row(
         f"  every watcher received every event ({ev['expected_events_each']:,} each)",
@@ -926,6 +956,18 @@ def main(argv: list[str] | None = None) -> int:
         expected_few = db.last_sequence("watched-few")
         few_events = summarize_watch(few_w.finish(expected_few), expected_few)
         log(f"{few} watchers: p50 {few_events['latency_p50_ms']:.1f} ms, p99 {few_events['latency_p99_ms']:.1f} ms")
+        # Reference: the same watchers asking for one claim per message (the contract's default).
+        db.brand("watched-single", n)
+        single_w = Watchers(workdir, "watched-single", s.address, admin, "watched-single", profile.watchers,
+                            per_response=0)  # fmt: skip
+        probe_claim(s.address, service, "watched-single", "probe")
+        single_w.wait_ready()
+        with_single = run_load(workdir, "with-watchers-single", target=s.address, method="claim", api_key=service,
+                               brand="watched-single", profile=profile, server_pid=s.pid, pg=pg)  # fmt: skip
+        expected_single = db.last_sequence("watched-single")
+        single_events = summarize_watch(single_w.finish(expected_single), expected_single)
+        log(f"unbatched watchers: {with_single['rps']:.0f}/s, p50 {single_events['latency_p50_ms']:.1f} ms, "
+            f"p99 {single_events['latency_p99_ms']:.1f} ms")  # fmt: skip
         results["watch"] = {
             "without_watchers": without,
             "with_watchers": with_w,
@@ -935,6 +977,9 @@ def main(argv: list[str] | None = None) -> int:
             "paced_events": paced_events,
             "with_few_watchers": with_few,
             "few_watchers_events": few_events,
+            "max_claims_per_response": WATCH_CLAIMS_PER_RESPONSE,
+            "with_watchers_single": with_single,
+            "single_events": single_events,
         }
         stop_server(s)
 
@@ -1001,13 +1046,13 @@ def sanity(r: dict[str, Any]) -> list[str]:
     problems = []
     phases = [r["echo"], *r["workers_compare"], r["decay"]["fresh"], r["decay"]["after"]]
     phases += [r["watch"]["without_watchers"], r["watch"]["with_watchers"], r["watch"]["paced"]]
-    phases += [r["watch"]["with_few_watchers"]]
+    phases += [r["watch"]["with_few_watchers"], r["watch"]["with_watchers_single"]]
     for p in phases:
         if p["errors"] or p["repeats"]:
             problems.append(f"{p['name']}: errors {p['errors']}, repeated users {p['repeats']}")
         if p["calls"] == 0:
             problems.append(f"{p['name']}: no calls completed")
-    for name in ("with_watchers_events", "paced_events", "few_watchers_events"):
+    for name in ("with_watchers_events", "paced_events", "few_watchers_events", "single_events"):
         ev = r["watch"][name]
         if not ev["every_watcher_got_every_event"]:
             problems.append(f"{name}: not every watcher got every event: {ev['min_events']}..{ev['max_events']}")

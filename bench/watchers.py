@@ -29,7 +29,9 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
     n_channels = max(1, int(config.get("channels", 10)))
     metadata = (("x-api-key", config["api_key"]),)
     body = pb.WatchClaimsRequest(
-        brand_id=config["brand"], after_sequence=int(config["after_sequence"])
+        brand_id=config["brand"],
+        after_sequence=int(config["after_sequence"]),
+        max_claims_per_response=int(config.get("max_claims_per_response", 0)),
     ).SerializeToString()
     channels = [
         grpc.aio.insecure_channel(config["target"], options=[("grpc.use_local_subchannel_pool", 1)])
@@ -38,6 +40,7 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
     counts = [0] * n
     last = [int(config["after_sequence"])] * n
     gaps = [0] * n
+    responses = [0] * n
     latency = array("d")
     record = bool(config.get("record_latency", True))
     first_event = [asyncio.Event() for _ in range(n)]
@@ -49,14 +52,16 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
         try:
             async for raw in call:
                 now = time.time()
-                claim = pb.WatchClaimsResponse.FromString(raw).claim
-                if claim.sequence != last[i] + 1:
-                    gaps[i] += 1
-                last[i] = claim.sequence
-                counts[i] += 1
-                if record:
-                    latency.append(now - claim.claimed_at.seconds - claim.claimed_at.nanos * 1e-9)
-                if counts[i] == 1:
+                response = pb.WatchClaimsResponse.FromString(raw)
+                responses[i] += 1
+                for claim in response.claims or (response.claim,):
+                    if claim.sequence != last[i] + 1:
+                        gaps[i] += 1
+                    last[i] = claim.sequence
+                    counts[i] += 1
+                    if record:
+                        latency.append(now - claim.claimed_at.seconds - claim.claimed_at.nanos * 1e-9)
+                if counts[i] >= 1:
                     first_event[i].set()
                 progress.set()
         except grpc.aio.AioRpcError as exc:
@@ -103,7 +108,9 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
         "errors": errors,
         "latency": list(latency[latency_start:]),
         "client_cpu_s": time.process_time(),
-        "messages": sum(counts),
+        "messages": sum(responses),
+        "claims_received": sum(counts),
+        "max_claims_per_response": int(config.get("max_claims_per_response", 0)),
     }
 
 
