@@ -32,6 +32,7 @@ TAIL_SIZE = 8192
 # wait for it (local ones are woken in-process), by at most this much.
 NOTIFY_INTERVAL_SECONDS = 0.005
 PAGE_SIZE = 1000
+REFRESH_INTERVAL_SECONDS = 0.004
 
 
 class BrandChannel:
@@ -62,6 +63,8 @@ class BrandChannel:
 
     async def _refresh_loop(self) -> None:
         store = self._feed.store
+        loop = asyncio.get_running_loop()
+        last_delivery = 0.0
         while True:
             try:
                 if self._head < 0:
@@ -73,6 +76,7 @@ class BrandChannel:
                         self._tail.extend(page)
                         self._head = page[-1].sequence
                         self._signal()
+                        last_delivery = loop.time()
                     if len(page) < PAGE_SIZE:
                         break
             except errors.Unavailable:
@@ -80,6 +84,12 @@ class BrandChannel:
                 await asyncio.sleep(min(self._feed.poll_seconds, 0.5))
                 continue
             await self._wake.wait()
+            # Under a stream of claims, read at most once per REFRESH_INTERVAL_SECONDS: every read
+            # wakes every watcher of the brand, so a run of claims per read, not one, keeps the
+            # fan-out cost per claim down (docs/performance.md). An idle brand reads at once.
+            pause = last_delivery + REFRESH_INTERVAL_SECONDS - loop.time()
+            if pause > 0:
+                await asyncio.sleep(pause)
             self._wake.clear()
 
     def events_after(self, cursor: int) -> list[Claim] | None:
