@@ -192,10 +192,15 @@ class Store:
             ) as conn:
                 await conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK_KEY,))
                 try:
-                    await conn.execute(
-                        "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                        " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-                    )
+                    cur = await conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+                    row = await cur.fetchone()
+                    # Checked first: CREATE ... IF NOT EXISTS still needs CREATE on the schema, which
+                    # a least-privilege runtime role does not have (docs/operations.md).
+                    if not (row and row[0]):
+                        await conn.execute(
+                            "CREATE TABLE schema_migrations ("
+                            " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+                        )
                     cur = await conn.execute("SELECT version FROM schema_migrations")
                     done = {row[0] for row in await cur.fetchall()}
                     for version, sql in _migrations():
