@@ -72,8 +72,6 @@ class DiscountService:
             found = await self._store.find_batch(brand_id, request_id)
             if found is not None:
                 return await self._generated(brand_id, *found)
-        if await self._store.brand_key(brand_id) is None:
-            raise errors.NotFound(f"brand {brand_id!r} does not exist")
         batch_id, generated = await self._store.generate_codes(
             brand_id=brand_id,
             request_id=request_id or None,
