@@ -54,7 +54,10 @@ def chart(results: dict[str, Any], path: Path) -> None:
     watch = results["watch"]
     for label, events in (
         (f"{watch['with_watchers_events']['watchers']} watchers, closed loop", watch["with_watchers_events"]),
-        (f"{watch['paced_events']['watchers']} watchers, {watch['paced_rate']:.0f} claims/s", watch["paced_events"]),
+        *(
+            (f"{paced['events']['watchers']} watchers, {paced['rate']:.0f} claims/s", paced["events"])
+            for paced in watch["paced"].values()
+        ),
         (f"{watch['few_watchers_events']['watchers']} watchers, closed loop", watch["few_watchers_events"]),
     ):
         sample = sorted(events["latency_sample_ms"])

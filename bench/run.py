@@ -52,13 +52,13 @@ class Profile:
     generate: int  # GenerateCodes / raw COPY size
     watchers: int
     idle_streams: int
-    paced_rate: float  # claims/s for the light-load latency phase
+    paced_rates: list[float]  # claims/s for the paced event-latency phases
     rounds: int = 1  # alternated repetitions of the decay and generation comparisons
     workers: list[int] = field(default_factory=lambda: [1, 2])
 
 
-FULL = Profile("full", 15.0, 2.0, 32, 120_000, 1_000_000, 1_000_000, 100, 1000, 50.0, rounds=2)
-SMOKE = Profile("smoke", 2.0, 0.5, 32, 20_000, 20_000, 50_000, 10, 50, 50.0)
+FULL = Profile("full", 15.0, 2.0, 32, 120_000, 1_000_000, 1_000_000, 100, 1000, [50.0, 500.0], rounds=2)
+SMOKE = Profile("smoke", 2.0, 0.5, 32, 20_000, 20_000, 50_000, 10, 50, [50.0])
 
 
 def log(msg: str) -> None:
@@ -564,26 +564,55 @@ def phase_generate(db: Db, server: Server, admin_key: str, brand: str, count: in
     }
 
 
-def summarize_watch(data: dict[str, Any], expected: int) -> dict[str, Any]:
-    lat = sorted(data["latency"])
+def summarize_watch(rounds: list[tuple[dict[str, Any], int]]) -> dict[str, Any]:
+    """One watchers.py result (or several, of alternated rounds) against the last sequence expected."""
+    lat = sorted(x for data, _ in rounds for x in data["latency"])
+    counts = [c for data, _ in rounds for c in data["counts"]]
     return {
-        "watchers": data["watchers"],
-        "expected_events_each": expected,
-        "every_watcher_got_every_event": all(c == expected for c in data["counts"])
-        and all(g == 0 for g in data["gaps"])
-        and all(last == expected for last in data["last"]),
-        "min_events": min(data["counts"]),
-        "max_events": max(data["counts"]),
-        "gaps": sum(data["gaps"]),
-        "errors": data["errors"],
+        "watchers": rounds[0][0]["watchers"],
+        "expected_events_each": rounds[0][1],
+        "every_watcher_got_every_event": all(
+            all(c == expected for c in data["counts"])
+            and all(g == 0 for g in data["gaps"])
+            and all(last == expected for last in data["last"])
+            for data, expected in rounds
+        ),
+        "min_events": min(counts),
+        "max_events": max(counts),
+        "gaps": sum(g for data, _ in rounds for g in data["gaps"]),
+        "errors": [e for data, _ in rounds for e in data["errors"]],
         "latency_p50_ms": percentile(lat, 50) * 1000,
         "latency_p99_ms": percentile(lat, 99) * 1000,
         "latency_max_ms": (lat[-1] * 1000) if lat else float("nan"),
         "latency_samples": len(lat),
-        "messages": data.get("messages"),
-        "client_cpu_s": data.get("client_cpu_s"),
+        "messages": sum(data.get("messages") or 0 for data, _ in rounds),
+        "client_cpu_s": sum(data.get("client_cpu_s") or 0 for data, _ in rounds),
         "latency_sample_ms": [round(x * 1000, 3) for x in lat[:: max(1, len(lat) // 5000)]],
+        "_latency": lat,
     }
+
+
+def merge_watch(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Alternated rounds of one watch phase, as one summary."""
+    lat = sorted(x for sm in summaries for x in sm["_latency"])
+    merged = dict(summaries[0])
+    merged.update(
+        every_watcher_got_every_event=all(sm["every_watcher_got_every_event"] for sm in summaries),
+        min_events=min(sm["min_events"] for sm in summaries),
+        max_events=max(sm["max_events"] for sm in summaries),
+        gaps=sum(sm["gaps"] for sm in summaries),
+        errors=[e for sm in summaries for e in sm["errors"]],
+        latency_p50_ms=percentile(lat, 50) * 1000,
+        latency_p99_ms=percentile(lat, 99) * 1000,
+        latency_max_ms=(lat[-1] * 1000) if lat else float("nan"),
+        latency_samples=len(lat),
+        messages=sum(sm["messages"] for sm in summaries),
+        client_cpu_s=sum(sm["client_cpu_s"] for sm in summaries),
+        latency_sample_ms=[round(x * 1000, 3) for x in lat[:: max(1, len(lat) // 5000)]],
+        _latency=lat,
+        rounds=[{k: sm[k] for k in ("latency_p50_ms", "latency_p99_ms", "expected_events_each")} for sm in summaries],
+    )
+    return merged
 
 
 # -- machine and report ---------------------------------------------------------------------------
@@ -676,23 +705,26 @@ def build_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         g["rpc"]["rss_growth_mb"] <= 300)  # fmt: skip
     w = r["watch"]
     ev = w["with_watchers_events"]
+    # The issue names no claim rate for the latency target, so it is checked at every rate measured.
+    for paced in w["paced"].values():
+        pe = paced["events"]
+        row(
+            f"claim -> WatchClaims event latency p50 / p99, {pe['watchers']} watchers, "
+            f"paced {paced['rate']:.0f} claims/s (got {paced['load']['rps']:.0f}/s)",
+            f"{pe['latency_p50_ms']:.1f} / {pe['latency_p99_ms']:.1f} ms",
+            "",
+            None,
+            "p50 <= 5, p99 <= 25 ms",
+            pe["latency_p50_ms"] <= 5 and pe["latency_p99_ms"] <= 25,
+        )
     row(
-        f"claim -> WatchClaims event latency p50 / p99, {ev['watchers']} watchers, "
-        f"{r['profile']['concurrency']} in flight (runs of <= {w.get('max_claims_per_response', 1)} per message)",
+        f"  same, closed loop of {r['profile']['concurrency']} in flight (saturated; runs of <= "
+        f"{w.get('max_claims_per_response', 1)} per message)",
         f"{ev['latency_p50_ms']:.1f} / {ev['latency_p99_ms']:.1f} ms",
         "",
         None,
         "p50 <= 5, p99 <= 25 ms",
         ev["latency_p50_ms"] <= 5 and ev["latency_p99_ms"] <= 25,
-    )
-    pe = w["paced_events"]
-    row(
-        f"  same, at a paced {w['paced_rate']:.0f} claims/s",
-        f"{pe['latency_p50_ms']:.1f} / {pe['latency_p99_ms']:.1f} ms",
-        "",
-        None,
-        "(reference)",
-        None,
     )
     fe = w["few_watchers_events"]
     row(
@@ -743,7 +775,10 @@ def build_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         "",
         None,
         "all",
-        bool(ev["every_watcher_got_every_event"] and pe["every_watcher_got_every_event"]),
+        bool(
+            ev["every_watcher_got_every_event"]
+            and all(paced["events"]["every_watcher_got_every_event"] for paced in w["paced"].values())
+        ),
     )
     i = r["idle"]
     row(
@@ -921,60 +956,47 @@ def main(argv: list[str] | None = None) -> int:
         }
         stop_server(s)
 
-        # 6. the feed: throughput without watchers, then with 100 watchers streaming every event.
+        # 6. the feed: claim throughput without watchers and with 100 watchers streaming every event,
+        # alternated in rounds (the machine's drift hits both); then event latency at paced rates.
         s = start_server(workers)
-        db.brand("nowatch", n)
-        without = run_load(workdir, "no-watchers", target=s.address, method="claim", api_key=service,
-                           brand="nowatch", profile=profile, server_pid=s.pid, pg=pg)  # fmt: skip
-        db.brand("watched", n)
-        watchers = Watchers(workdir, "watched", s.address, admin, "watched", profile.watchers)
-        probe_claim(s.address, service, "watched", "probe")
-        watchers.wait_ready()
-        with_w = run_load(workdir, "with-watchers", target=s.address, method="claim", api_key=service,
-                          brand="watched", profile=profile, server_pid=s.pid, pg=pg)  # fmt: skip
-        expected = db.last_sequence("watched")
-        events = summarize_watch(watchers.finish(expected), expected)
-        log(f"watchers: p50 {events['latency_p50_ms']:.1f} ms, p99 {events['latency_p99_ms']:.1f} ms, "
-            f"all events: {events['every_watcher_got_every_event']}")  # fmt: skip
 
-        db.brand("paced", n)
-        paced_w = Watchers(workdir, "paced", s.address, admin, "paced", profile.watchers)
-        probe_claim(s.address, service, "paced", "probe")
-        paced_w.wait_ready()
-        paced = run_load(workdir, "paced", target=s.address, method="claim", api_key=service, brand="paced",
-                         profile=profile, server_pid=s.pid, pg=pg, rate=profile.paced_rate)  # fmt: skip
-        expected_paced = db.last_sequence("paced")
-        paced_events = summarize_watch(paced_w.finish(expected_paced), expected_paced)
-        log(f"paced watchers: p50 {paced_events['latency_p50_ms']:.1f} ms, p99 {paced_events['latency_p99_ms']:.1f} ms")
+        def watched(name: str, count: int, rate: float = 0.0, per_response: int = WATCH_CLAIMS_PER_RESPONSE
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+            db.brand(name, n)
+            group = Watchers(workdir, name, s.address, admin, name, count, per_response=per_response)
+            probe_claim(s.address, service, name, "probe")
+            group.wait_ready()
+            load = run_load(workdir, name, target=s.address, method="claim", api_key=service, brand=name,
+                            profile=profile, server_pid=s.pid, pg=pg, rate=rate)  # fmt: skip
+            expected = db.last_sequence(name)
+            events = summarize_watch([(group.finish(expected), expected)])
+            got_all = events["every_watcher_got_every_event"]
+            log(f"{name}: {count} watchers, event latency p50 {events['latency_p50_ms']:.1f} ms, p99 "
+                f"{events['latency_p99_ms']:.1f} ms, all events: {got_all}")  # fmt: skip
+            return load, events
+
+        without_runs, with_runs, with_events = [], [], []
+        for r in range(profile.rounds):
+            db.brand(f"nowatch{r}", n)
+            without_runs.append(run_load(workdir, f"no-watchers-{r}", target=s.address, method="claim",
+                                         api_key=service, brand=f"nowatch{r}", profile=profile, server_pid=s.pid,
+                                         pg=pg))  # fmt: skip
+            load, events = watched(f"watched{r}", profile.watchers)
+            with_runs.append(load)
+            with_events.append(events)
+        paced: dict[str, Any] = {}
+        for rate in profile.paced_rates:
+            load, events = watched(f"paced{rate:.0f}", profile.watchers, rate=rate)
+            paced[f"{rate:.0f}"] = {"rate": rate, "load": load, "events": events}
         few = max(1, profile.watchers // 10)  # where the knee is: the same closed loop with a tenth of them
-        db.brand("watched-few", n)
-        few_w = Watchers(workdir, "watched-few", s.address, admin, "watched-few", few)
-        probe_claim(s.address, service, "watched-few", "probe")
-        few_w.wait_ready()
-        with_few = run_load(workdir, "with-few-watchers", target=s.address, method="claim", api_key=service,
-                            brand="watched-few", profile=profile, server_pid=s.pid, pg=pg)  # fmt: skip
-        expected_few = db.last_sequence("watched-few")
-        few_events = summarize_watch(few_w.finish(expected_few), expected_few)
-        log(f"{few} watchers: p50 {few_events['latency_p50_ms']:.1f} ms, p99 {few_events['latency_p99_ms']:.1f} ms")
+        with_few, few_events = watched("watched-few", few)
         # Reference: the same watchers asking for one claim per message (the contract's default).
-        db.brand("watched-single", n)
-        single_w = Watchers(workdir, "watched-single", s.address, admin, "watched-single", profile.watchers,
-                            per_response=0)  # fmt: skip
-        probe_claim(s.address, service, "watched-single", "probe")
-        single_w.wait_ready()
-        with_single = run_load(workdir, "with-watchers-single", target=s.address, method="claim", api_key=service,
-                               brand="watched-single", profile=profile, server_pid=s.pid, pg=pg)  # fmt: skip
-        expected_single = db.last_sequence("watched-single")
-        single_events = summarize_watch(single_w.finish(expected_single), expected_single)
-        log(f"unbatched watchers: {with_single['rps']:.0f}/s, p50 {single_events['latency_p50_ms']:.1f} ms, "
-            f"p99 {single_events['latency_p99_ms']:.1f} ms")  # fmt: skip
+        with_single, single_events = watched("watched-single", profile.watchers, per_response=0)
         results["watch"] = {
-            "without_watchers": without,
-            "with_watchers": with_w,
-            "with_watchers_events": events,
-            "paced_rate": profile.paced_rate,
+            "without_watchers": merge_rounds(without_runs),
+            "with_watchers": merge_rounds(with_runs),
+            "with_watchers_events": merge_watch(with_events),
             "paced": paced,
-            "paced_events": paced_events,
             "with_few_watchers": with_few,
             "few_watchers_events": few_events,
             "max_claims_per_response": WATCH_CLAIMS_PER_RESPONSE,
@@ -1045,15 +1067,17 @@ def sanity(r: dict[str, Any]) -> list[str]:
     """Correctness under load, checked in every run (targets are reported, not enforced)."""
     problems = []
     phases = [r["echo"], *r["workers_compare"], r["decay"]["fresh"], r["decay"]["after"]]
-    phases += [r["watch"]["without_watchers"], r["watch"]["with_watchers"], r["watch"]["paced"]]
+    phases += [r["watch"]["without_watchers"], r["watch"]["with_watchers"]]
+    phases += [paced["load"] for paced in r["watch"]["paced"].values()]
     phases += [r["watch"]["with_few_watchers"], r["watch"]["with_watchers_single"]]
     for p in phases:
         if p["errors"] or p["repeats"]:
             problems.append(f"{p['name']}: errors {p['errors']}, repeated users {p['repeats']}")
         if p["calls"] == 0:
             problems.append(f"{p['name']}: no calls completed")
-    for name in ("with_watchers_events", "paced_events", "few_watchers_events", "single_events"):
-        ev = r["watch"][name]
+    watched = [(name, r["watch"][name]) for name in ("with_watchers_events", "few_watchers_events", "single_events")]
+    watched += [(f"paced {rate}", paced["events"]) for rate, paced in r["watch"]["paced"].items()]
+    for name, ev in watched:
         if not ev["every_watcher_got_every_event"]:
             problems.append(f"{name}: not every watcher got every event: {ev['min_events']}..{ev['max_events']}")
     if r["idle"]["listen_connections"] != 1:

@@ -54,13 +54,16 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
                 now = time.time()
                 response = pb.WatchClaimsResponse.FromString(raw)
                 responses[i] += 1
-                for claim in response.claims or (response.claim,):
-                    if claim.sequence != last[i] + 1:
-                        gaps[i] += 1
-                    last[i] = claim.sequence
-                    counts[i] += 1
-                    if record:
-                        latency.append(now - claim.claimed_at.seconds - claim.claimed_at.nanos * 1e-9)
+                claims = response.claims or (response.claim,)
+                # Every sequence is checked, in one pass: a run must carry exactly the next ones.
+                expected_first = last[i] + 1
+                sequences = [claim.sequence for claim in claims]
+                if sequences != list(range(expected_first, expected_first + len(sequences))):
+                    gaps[i] += 1
+                last[i] = sequences[-1]
+                counts[i] += len(sequences)
+                if record:
+                    latency.extend([now - c.claimed_at.seconds - c.claimed_at.nanos * 1e-9 for c in claims])
                 if counts[i] >= 1:
                     first_event[i].set()
                 progress.set()

@@ -4,9 +4,12 @@
 - Per brand with watchers, one `BrandChannel` reads new claims from the database once and fans
   them out from a bounded in-memory tail. A watcher further behind than the tail (a replay from
   sequence 0, or a slow consumer) pages from the database itself, so memory stays bounded.
-- Claims made by this process wake the channel directly; other replicas hear of them through a
-  NOTIFY sent after commit, outside the claim transaction (ENGINEERING.md trap 3). A periodic poll
-  covers a lost notification, so an event can be late but never lost.
+- Claims made by this process are handed to the channel in memory after commit, no read needed;
+  other replicas hear of them through a NOTIFY sent after commit, outside the claim transaction
+  (ENGINEERING.md trap 3), and read them. A periodic poll covers a lost notification, so an event
+  can be late but never lost.
+- Fan-outs are paced by the number of watchers and the brand's waiting claims (FANOUT_*):
+  caught-up watchers all get the same run of claims, so it is encoded once.
 - Sequences are gapless and commit in order (see migrations/0002), so `sequence > cursor` is a
   safe resume point.
 """
@@ -29,10 +32,20 @@ log = logging.getLogger(__name__)
 TAIL_SIZE = 8192
 # At most one NOTIFY per brand per this interval from a process: under load a hot brand sent one
 # per round trip, ~7% of the server's CPU (docs/performance.md). Only other processes' watchers
-# wait for it (local ones are woken in-process), by at most this much.
+# wait for it (local ones get this process's claims handed over in memory), by at most this much.
 NOTIFY_INTERVAL_SECONDS = 0.005
 PAGE_SIZE = 1000
+# Reads of the database for claims this process did not make (NOTIFY, poll) come at most this often.
 REFRESH_INTERVAL_SECONDS = 0.004
+# Every fan-out costs one gRPC message per watcher: ~70 us of the server's CPU, about as much again
+# in a Python client, and a stall of the event loop that claims wait behind (docs/performance.md).
+# So a brand's fan-outs are spaced by its number of watchers and by how many of its claims are
+# waiting: a quiet brand's claim goes out at once (within FANOUT_MIN_INTERVAL_SECONDS), and in a
+# flash sale shoppers come first and watchers get the claims in fewer, larger runs.
+FANOUT_MESSAGES_PER_SECOND = 8000  # the brand's watchers together, when no claim of it is waiting
+FANOUT_WAITING_CLAIMS_UNIT = 2  # every this many waiting claims stretch the interval by its base
+FANOUT_MIN_INTERVAL_SECONDS = 0.001
+FANOUT_MAX_INTERVAL_SECONDS = 0.1
 
 
 class BrandChannel:
@@ -41,42 +54,90 @@ class BrandChannel:
         self.brand_key = brand_key
         self.watchers = 0
         self._feed = feed
+        self._loop = asyncio.get_running_loop()
         self._tail: deque[Claim] = deque(maxlen=TAIL_SIZE)
-        self._head = -1  # highest sequence read into the tail; -1 until the first read
+        self._head = -1  # highest sequence in the tail; -1 until the first read
+        self._visible = -1  # highest sequence watchers have been told of (<= _head)
+        # The run of the last fan-out and the cursor it follows: every watcher that was caught up
+        # gets this same list object, so the transport encodes it once for all of them.
+        self._latest: list[Claim] = []
+        self._latest_after: int | None = None
+        self._last_fanout = 0.0
+        self._waiting = 0  # claims of the brand waiting in this process at the last commit
+        self._fanout_timer: asyncio.TimerHandle | None = None
         self._wake = asyncio.Event()
         self._new_data = asyncio.Event()
         self._ready = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._refresh_loop())
+        self._task = self._loop.create_task(self._refresh_loop())
 
     def wake(self) -> None:
+        """New claims may be in the database (another process's, or a lost notification)."""
         self._wake.set()
+
+    def committed(self, claims: list[Claim], waiting: int) -> None:
+        """Claims this process just committed, in sequence order: appended without a read when
+        they follow the tail; anything else (another process's claims in between) is read."""
+        for claim in claims:
+            if claim.sequence <= self._head:
+                continue
+            if claim.sequence != self._head + 1 or self._head < 0:
+                self.wake()
+                break
+            self._tail.append(claim)
+            self._head = claim.sequence
+        self._waiting = waiting
+        self._schedule_fanout()
 
     async def close(self) -> None:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        if self._fanout_timer is not None:
+            self._fanout_timer.cancel()
         self._signal()
 
     def _signal(self) -> None:
         fired, self._new_data = self._new_data, asyncio.Event()
         fired.set()
 
+    def _schedule_fanout(self) -> None:
+        if self._fanout_timer is not None or self._head <= self._visible:
+            return
+        pressure = 1 + self._waiting / FANOUT_WAITING_CLAIMS_UNIT
+        interval = pressure * self.watchers / FANOUT_MESSAGES_PER_SECOND
+        interval = min(max(interval, FANOUT_MIN_INTERVAL_SECONDS), FANOUT_MAX_INTERVAL_SECONDS)
+        due = self._last_fanout + interval
+        if due <= self._loop.time():
+            self._fanout()
+        else:
+            self._fanout_timer = self._loop.call_at(due, self._fanout)
+
+    def _fanout(self) -> None:
+        self._fanout_timer = None
+        first = self._tail[0].sequence
+        start = max(self._visible + 1 - first, 0)
+        self._latest = [self._tail[i] for i in range(start, len(self._tail))]
+        self._latest_after = self._latest[0].sequence - 1
+        self._visible = self._head
+        self._last_fanout = self._loop.time()
+        self._signal()
+
     async def _refresh_loop(self) -> None:
         store = self._feed.store
-        loop = asyncio.get_running_loop()
-        last_delivery = 0.0
+        last_read = 0.0
         while True:
             try:
                 if self._head < 0:
-                    self._head = await store.feed_head(self.brand_key)
+                    self._head = self._visible = await store.feed_head(self.brand_key)
                     self._ready.set()
                 while True:
                     page = await store.feed_page(self.brand_id, self.brand_key, self._head, PAGE_SIZE)
-                    if page:
-                        self._tail.extend(page)
-                        self._head = page[-1].sequence
-                        self._signal()
-                        last_delivery = loop.time()
+                    # Claims handed over while the read was in flight are in the tail already.
+                    fresh = [claim for claim in page if claim.sequence > self._head]
+                    if fresh:
+                        self._tail.extend(fresh)
+                        self._head = fresh[-1].sequence
+                        self._schedule_fanout()
                     if len(page) < PAGE_SIZE:
                         break
             except errors.Unavailable:
@@ -84,29 +145,28 @@ class BrandChannel:
                 await asyncio.sleep(min(self._feed.poll_seconds, 0.5))
                 continue
             await self._wake.wait()
-            # Under a stream of claims, read at most once per REFRESH_INTERVAL_SECONDS: every read
-            # wakes every watcher of the brand, so a run of claims per read, not one, keeps the
-            # fan-out cost per claim down (docs/performance.md). An idle brand reads at once.
-            pause = last_delivery + REFRESH_INTERVAL_SECONDS - loop.time()
+            pause = last_read + REFRESH_INTERVAL_SECONDS - self._loop.time()
             if pause > 0:
                 await asyncio.sleep(pause)
             self._wake.clear()
+            last_read = self._loop.time()
 
     def events_after(self, cursor: int) -> list[Claim] | None:
-        """Claims after `cursor` from memory, or None if the tail no longer reaches back that far."""
-        if not self._tail:
-            return [] if cursor >= self._head >= 0 else None
-        first = self._tail[0].sequence
-        if cursor < first - 1:
+        """Claims after `cursor` that watchers have been told of, from memory, or None if the tail
+        no longer reaches back that far."""
+        if cursor == self._latest_after:
+            return self._latest
+        if cursor >= self._visible:
+            return []
+        if not self._tail or cursor < self._tail[0].sequence - 1:
             return None
-        start = cursor - first + 1
-        return [self._tail[i] for i in range(start, len(self._tail))] if start < len(self._tail) else []
+        first = self._tail[0].sequence
+        start, stop = cursor - first + 1, self._visible - first + 1
+        return [self._tail[i] for i in range(start, stop)]
 
-    async def wait_for_news(self, timeout: float) -> None:
-        waiter = self._new_data
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await waiter.wait()
+    async def wait_for_news(self) -> None:
+        # close() signals too, so a watcher never waits past the channel's end.
+        await self._new_data.wait()
 
     async def ready(self) -> None:
         await self._ready.wait()
@@ -146,11 +206,12 @@ class ClaimFeed:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._notifier, timeout=1.0)
 
-    def claim_committed(self, brand_id: str) -> None:
-        """Called after a claim commits: wake local watchers now and tell other replicas."""
+    def claims_committed(self, brand_id: str, claims: list[Claim], waiting: int) -> None:
+        """Called after claims commit, with the number of the brand's claims still waiting: hands
+        them to local watchers and tells other replicas."""
         channel = self._channels.get(brand_id)
         if channel is not None:
-            channel.wake()
+            channel.committed(claims, waiting)
         self._pending_notifications.add(brand_id)
         if self._notifier is None or self._notifier.done():
             self._notifier = asyncio.get_running_loop().create_task(self._send_notifications())
@@ -203,7 +264,7 @@ class ClaimFeed:
                     yield batch
                     cursor = batch[-1].sequence
                     continue
-                await channel.wait_for_news(self.poll_seconds)
+                await channel.wait_for_news()
         finally:
             channel.watchers -= 1
             if channel.watchers == 0 and self._channels.get(brand_id) is channel:

@@ -30,7 +30,7 @@ class DiscountService:
         # index scan there instead of walking the claimed prefix (see migrations/0002).
         self._claim_hints: dict[str, int] = {}
         # Concurrent claims of one brand share a transaction (group commit, see claim_batcher.py).
-        self._claims = ClaimBatcher(store, self._claim_hints)
+        self._claims = ClaimBatcher(store, self._claim_hints, on_committed=feed.claims_committed)
 
     async def generate_codes(
         self,
@@ -103,7 +103,6 @@ class DiscountService:
         if row.code_key is not None:
             if row.code_key > self._claim_hints.get(brand_id, 0):
                 self._claim_hints[brand_id] = row.code_key
-            self._feed.claim_committed(brand_id)
         return ClaimResult(claim=row.claim, newly_claimed=row.outcome == "claimed")
 
     async def brand_stats(self, principal: Principal, *, brand_id: str) -> BrandStats:

@@ -104,6 +104,7 @@ class EncodedClaims:
         self._size = size
         # id(claim) -> (claim, single, element); holding the claim keeps its id from being reused.
         self._entries: dict[int, tuple[Claim, bytes, bytes]] = {}
+        self._last_batch: tuple[list[Claim], bytes] | None = None
 
     def _get(self, claim: Claim) -> tuple[Claim, bytes, bytes]:
         entry = self._entries.get(id(claim))
@@ -122,8 +123,14 @@ class EncodedClaims:
         return self._get(claim)[1]
 
     def batch(self, claims: list[Claim]) -> bytes:
-        """A WatchClaimsResponse with `claims` set to these claims."""
-        return b"".join([self._get(claim)[2] for claim in claims])
+        """A WatchClaimsResponse with `claims` set to these claims. The feed hands every caught-up
+        watcher the same list, so the last one's encoding is kept and reused."""
+        last = self._last_batch
+        if last is not None and last[0] is claims:
+            return last[1]
+        encoded = b"".join([self._get(claim)[2] for claim in claims])
+        self._last_batch = (claims, encoded)
+        return encoded
 
 
 T = TypeVar("T")
@@ -249,6 +256,8 @@ class DiscountServicer:
                 if per_response <= 1:
                     for claim in run:
                         yield self._encoded.single(claim)
+                elif len(run) <= per_response:
+                    yield self._encoded.batch(run)
                 else:
                     for start in range(0, len(run), per_response):
                         yield self._encoded.batch(run[start : start + per_response])
