@@ -405,6 +405,7 @@ class Watchers:
             "channels": max(1, n // 10),
             "after_sequence": 0,
             "record_latency": record,
+            "latency_every": max(1, n // 10),
             "max_claims_per_response": per_response,
             "drain_timeout": 600,
             "out": str(self.out),

@@ -41,7 +41,6 @@ class _Pending:
 class _BrandQueue:
     pending: list[_Pending] = field(default_factory=list)
     in_flight: int = 0
-    outstanding: int = 0  # claims asked for and not yet answered
 
 
 class ClaimBatcher:
@@ -50,12 +49,11 @@ class ClaimBatcher:
         store: Store,
         hints: MutableMapping[str, int],
         *,
-        on_committed: Callable[[str, list[Claim], int], None],
+        on_committed: Callable[[str, list[Claim]], None],
     ) -> None:
         self._store = store
         # Told of every transaction's new claims, in sequence order, even if their callers are
-        # gone, and of how many claims of the brand are still waiting (how busy it is): the live
-        # feed takes the claims from here without reading them back.
+        # gone: the live feed takes them from here without reading them back.
         self._on_committed = on_committed
         # Per brand, the highest code_key this process handed out (kept up to date by the service).
         self._hints = hints
@@ -73,11 +71,7 @@ class ClaimBatcher:
             task = asyncio.get_running_loop().create_task(self._drain(brand_id, queue))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        queue.outstanding += 1
-        try:
-            return await future
-        finally:
-            queue.outstanding -= 1
+        return await future
 
     async def _drain(self, brand_id: str, queue: _BrandQueue) -> None:
         batch: list[_Pending] = []
@@ -86,7 +80,7 @@ class ClaimBatcher:
                 batch = [p for p in queue.pending[:MAX_BATCH] if not p.future.done()]
                 del queue.pending[:MAX_BATCH]
                 if batch:
-                    await self._run(brand_id, queue, batch)
+                    await self._run(brand_id, batch)
                 batch = []
         except BaseException as exc:  # never leave a caller waiting (e.g. cancelled at shutdown)
             for p in batch + queue.pending:
@@ -101,25 +95,24 @@ class ClaimBatcher:
             if queue.in_flight == 0 and not queue.pending and self._queues.get(brand_id) is queue:
                 del self._queues[brand_id]
 
-    async def _run(self, brand_id: str, queue: _BrandQueue, batch: list[_Pending]) -> None:
+    async def _run(self, brand_id: str, batch: list[_Pending]) -> None:
         hint = self._hints.get(brand_id, 0)
         if len(batch) == 1:
-            await self._one(brand_id, queue, batch[0], hint)
+            await self._one(brand_id, batch[0], hint)
             return
         try:
             rows = await self._store.claim_code_batch(brand_id, [(p.user_id, p.email) for p in batch], hint)
         except Exception as exc:  # noqa: BLE001 - any failure: isolate it by claiming one by one
             log.info("claim batch of %d failed (%s); claiming one by one", len(batch), type(exc).__name__)
-            await asyncio.gather(*(self._one(brand_id, queue, p, hint) for p in batch))
+            await asyncio.gather(*(self._one(brand_id, p, hint) for p in batch))
             return
         claimed = [row.claim for row in rows if row.outcome == "claimed" and row.claim is not None]
-        waiting = max(queue.outstanding - len(batch), 0)
-        self._on_committed(brand_id, sorted(claimed, key=lambda claim: claim.sequence), waiting)
+        self._on_committed(brand_id, sorted(claimed, key=lambda claim: claim.sequence))
         for p, row in zip(batch, rows, strict=True):
             if not p.future.done():
                 p.future.set_result(row)
 
-    async def _one(self, brand_id: str, queue: _BrandQueue, pending: _Pending, hint: int) -> None:
+    async def _one(self, brand_id: str, pending: _Pending, hint: int) -> None:
         try:
             row = await self._store.claim_code(brand_id, pending.user_id, pending.email, hint)
         except Exception as exc:  # noqa: BLE001 - handed to the caller, who maps it
@@ -127,6 +120,6 @@ class ClaimBatcher:
                 pending.future.set_exception(exc)
             return
         if row.outcome == "claimed" and row.claim is not None:
-            self._on_committed(brand_id, [row.claim], max(queue.outstanding - 1, 0))
+            self._on_committed(brand_id, [row.claim])
         if not pending.future.done():
             pending.future.set_result(row)

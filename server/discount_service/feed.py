@@ -37,15 +37,15 @@ NOTIFY_INTERVAL_SECONDS = 0.005
 PAGE_SIZE = 1000
 # Reads of the database for claims this process did not make (NOTIFY, poll) come at most this often.
 REFRESH_INTERVAL_SECONDS = 0.004
-# Every fan-out costs one gRPC message per watcher: ~70 us of the server's CPU, about as much again
-# in a Python client, and a stall of the event loop that claims wait behind (docs/performance.md).
-# So a brand's fan-outs are spaced by its number of watchers and by how many of its claims are
-# waiting: a quiet brand's claim goes out at once (within FANOUT_MIN_INTERVAL_SECONDS), and in a
-# flash sale shoppers come first and watchers get the claims in fewer, larger runs.
-FANOUT_MESSAGES_PER_SECOND = 8000  # the brand's watchers together, when no claim of it is waiting
-FANOUT_WAITING_CLAIMS_UNIT = 2  # every this many waiting claims stretch the interval by its base
+# Every fan-out costs one gRPC message per watcher: ~70 us of the server's CPU, more in a Python
+# client, and a stall of the event loop that claims wait behind (docs/performance.md). So a brand's
+# fan-outs are spaced by its number of watchers and stretched by its claim rate: a quiet brand's
+# claim goes out at once, and in a flash sale shoppers come first and watchers get fewer, larger runs.
+FANOUT_MESSAGES_PER_SECOND = 8000  # to all of a brand's watchers, before the claim rate stretches it
+FANOUT_CLAIM_RATE_UNIT = 200  # every this many claims/s of the brand add one more base interval
 FANOUT_MIN_INTERVAL_SECONDS = 0.001
 FANOUT_MAX_INTERVAL_SECONDS = 0.1
+CLAIM_RATE_WINDOW_SECONDS = 0.25
 
 
 class BrandChannel:
@@ -63,7 +63,9 @@ class BrandChannel:
         self._latest: list[Claim] = []
         self._latest_after: int | None = None
         self._last_fanout = 0.0
-        self._waiting = 0  # claims of the brand waiting in this process at the last commit
+        self._claim_rate = 0.0  # claims/s of the brand, over the last full window
+        self._rate_window_start = self._loop.time()
+        self._rate_window_head = -1
         self._fanout_timer: asyncio.TimerHandle | None = None
         self._wake = asyncio.Event()
         self._new_data = asyncio.Event()
@@ -74,7 +76,7 @@ class BrandChannel:
         """New claims may be in the database (another process's, or a lost notification)."""
         self._wake.set()
 
-    def committed(self, claims: list[Claim], waiting: int) -> None:
+    def committed(self, claims: list[Claim]) -> None:
         """Claims this process just committed, in sequence order: appended without a read when
         they follow the tail; anything else (another process's claims in between) is read."""
         for claim in claims:
@@ -85,7 +87,6 @@ class BrandChannel:
                 break
             self._tail.append(claim)
             self._head = claim.sequence
-        self._waiting = waiting
         self._schedule_fanout()
 
     async def close(self) -> None:
@@ -103,11 +104,16 @@ class BrandChannel:
     def _schedule_fanout(self) -> None:
         if self._fanout_timer is not None or self._head <= self._visible:
             return
-        pressure = 1 + self._waiting / FANOUT_WAITING_CLAIMS_UNIT
+        now = self._loop.time()
+        if now - self._rate_window_start >= CLAIM_RATE_WINDOW_SECONDS:
+            if self._rate_window_head >= 0:
+                self._claim_rate = (self._head - self._rate_window_head) / (now - self._rate_window_start)
+            self._rate_window_start, self._rate_window_head = now, self._head
+        pressure = 1 + self._claim_rate / FANOUT_CLAIM_RATE_UNIT
         interval = pressure * self.watchers / FANOUT_MESSAGES_PER_SECOND
         interval = min(max(interval, FANOUT_MIN_INTERVAL_SECONDS), FANOUT_MAX_INTERVAL_SECONDS)
         due = self._last_fanout + interval
-        if due <= self._loop.time():
+        if due <= now:
             self._fanout()
         else:
             self._fanout_timer = self._loop.call_at(due, self._fanout)
@@ -206,12 +212,11 @@ class ClaimFeed:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._notifier, timeout=1.0)
 
-    def claims_committed(self, brand_id: str, claims: list[Claim], waiting: int) -> None:
-        """Called after claims commit, with the number of the brand's claims still waiting: hands
-        them to local watchers and tells other replicas."""
+    def claims_committed(self, brand_id: str, claims: list[Claim]) -> None:
+        """Called after claims commit: hands them to local watchers and tells other replicas."""
         channel = self._channels.get(brand_id)
         if channel is not None:
-            channel.committed(claims, waiting)
+            channel.committed(claims)
         self._pending_notifications.add(brand_id)
         if self._notifier is None or self._notifier.done():
             self._notifier = asyncio.get_running_loop().create_task(self._send_notifications())
