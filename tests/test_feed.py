@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 import psycopg
@@ -142,6 +143,50 @@ async def test_two_replicas_share_one_truth(server: ServerHandle) -> None:
     assert len({r.claim.code for r in replies}) == 40
     assert stats_a == stats_b
     assert (stats_a.claimed, stats_a.available) == (40, 60)
+
+
+async def test_claims_through_two_replicas_at_once_reach_every_watcher_once_in_order(server: ServerHandle) -> None:
+    """Replica A hands its own claims to its watchers in memory and reads replica B's from the
+    database; with both streaming at once the two paths interleave, and a watcher (one claim per
+    message, or runs) must still see every sequence once, in order, with what was acknowledged."""
+    create_brand(server.database_url, "sale")
+    generate_codes_sql(server.database_url, "sale", 700)
+    async with in_process_server(server.database_url) as (_, replica_b):
+        chan_a, stub_a = server.aio_stub()
+        chan_b, stub_b = replica_b.aio_stub()
+        async with chan_a, chan_b:
+            single = stub_a.WatchClaims(pb.WatchClaimsRequest(brand_id="sale"), metadata=server.metadata())
+            runs = stub_a.WatchClaims(
+                pb.WatchClaimsRequest(brand_id="sale", max_claims_per_response=50), metadata=server.metadata()
+            )
+            watching_single = asyncio.create_task(_collect(single, 600))
+            run_claims: list[pb.Claim] = []
+
+            async def read_runs() -> None:
+                async for response in runs:
+                    run_claims.extend(response.claims)
+                    if len(run_claims) >= 600:
+                        return
+
+            watching_runs = asyncio.create_task(asyncio.wait_for(read_runs(), 60))
+            await asyncio.sleep(0.3)
+            users = iter(range(600))
+            acknowledged: dict[str, str] = {}
+
+            async def shopper(stub: Any) -> None:
+                for i in users:
+                    reply = await stub.ClaimCode(claim_request("sale", f"s{i}"), metadata=server.metadata())
+                    acknowledged[reply.claim.user_id] = reply.claim.code
+
+            await asyncio.gather(*(shopper(stub_a if k % 2 else stub_b) for k in range(24)))
+            seen_single = await watching_single
+            await watching_runs
+            single.cancel()
+            runs.cancel()
+    assert len(acknowledged) == 600
+    for seen in (seen_single, run_claims):
+        assert [c.sequence for c in seen] == list(range(1, 601))
+        assert {c.user_id: c.code for c in seen} == acknowledged
 
 
 async def test_one_listen_connection_serves_many_watchers(server: ServerHandle) -> None:
