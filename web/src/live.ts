@@ -15,6 +15,7 @@ const MAX_RETRY_MS = 5_000;
 const SETTLED_MS = 1_000;
 // Only the newest rows stay in the table; the counter still counts every claim.
 const MAX_ROWS = 2_000;
+const CLAIMS_PER_MESSAGE = 256;
 // These will not get better by retrying: show them and stop.
 const FATAL = new Set<Code>([Code.Unauthenticated, Code.PermissionDenied, Code.InvalidArgument, Code.NotFound]);
 
@@ -120,12 +121,15 @@ export function setupLiveView(client: DiscountClient, brand: string): void {
       const settled = setTimeout(() => setStatus("live", "Live."), SETTLED_MS);
       let problem: string;
       try {
+        // Runs of claims per message: in a flash sale the server sends a page a few messages a
+        // second instead of one per claim (docs/performance.md, sections 9 and 11).
         const stream = client.watchClaims(
-          { brandId, afterSequence: lastSequence },
+          { brandId, afterSequence: lastSequence, maxClaimsPerResponse: CLAIMS_PER_MESSAGE },
           { headers: { "x-api-key": key }, signal },
         );
         for await (const response of stream) {
           if (status.dataset.state !== "live") setStatus("live", "Live.");
+          for (const claim of response.claims) receive(claim);
           if (response.claim) receive(response.claim);
           retryMs = FIRST_RETRY_MS;
         }
