@@ -1,15 +1,15 @@
 """The live claim feed of one process.
 
 - One LISTEN connection per process, whatever the number of watchers.
-- Per brand with watchers, one `BrandChannel` reads new claims from the database once and fans
-  them out from a bounded in-memory tail. A watcher further behind than the tail (a replay from
-  sequence 0, or a slow consumer) pages from the database itself, so memory stays bounded.
+- Per brand with watchers, one `BrandChannel` keeps the newest claims in a bounded in-memory tail
+  and fans them out from there. A watcher further behind than the tail (a replay from sequence 0,
+  or a slow consumer) pages from the database itself, so memory stays bounded.
 - Claims made by this process are handed to the channel in memory after commit, no read needed;
   other replicas hear of them through a NOTIFY sent after commit, outside the claim transaction
   (ENGINEERING.md trap 3), and read them. A periodic poll covers a lost notification, so an event
   can be late but never lost.
-- Fan-outs are paced by the number of watchers and the brand's waiting claims (FANOUT_*):
-  caught-up watchers all get the same run of claims, so it is encoded once.
+- Fan-outs are paced by the number of watchers and the brand's claim rate (FANOUT_*); caught-up
+  watchers all get the same run of claims, so it is encoded once.
 - Sequences are gapless and commit in order (see migrations/0002), so `sequence > cursor` is a
   safe resume point.
 """
