@@ -964,6 +964,7 @@ def main(argv: list[str] | None = None) -> int:
         def watched(name: str, count: int, rate: float = 0.0, per_response: int = WATCH_CLAIMS_PER_RESPONSE
                     ) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
             db.brand(name, n)
+            db.sql("CHECKPOINT")  # the previous phase's WAL is flushed before this one is timed
             group = Watchers(workdir, name, s.address, admin, name, count, per_response=per_response)
             probe_claim(s.address, service, name, "probe")
             group.wait_ready()
@@ -979,6 +980,7 @@ def main(argv: list[str] | None = None) -> int:
         without_runs, with_runs, with_events = [], [], []
         for r in range(profile.rounds):
             db.brand(f"nowatch{r}", n)
+            db.sql("CHECKPOINT")
             without_runs.append(run_load(workdir, f"no-watchers-{r}", target=s.address, method="claim",
                                          api_key=service, brand=f"nowatch{r}", profile=profile, server_pid=s.pid,
                                          pg=pg))  # fmt: skip
