@@ -58,10 +58,9 @@ class BrandChannel:
         self._tail: deque[Claim] = deque(maxlen=TAIL_SIZE)
         self._head = -1  # highest sequence in the tail; -1 until the first read
         self._visible = -1  # highest sequence watchers have been told of (<= _head)
-        # The run of the last fan-out and the cursor it follows: every watcher that was caught up
-        # gets this same list object, so the transport encodes it once for all of them.
+        # The run of the last fan-out: every watcher that was caught up gets this same list object,
+        # so the transport encodes it once for all of them.
         self._latest: list[Claim] = []
-        self._latest_after: int | None = None
         self._last_fanout = 0.0
         self._claim_rate = 0.0  # claims/s of the brand, over the last full window
         self._rate_window_start = self._loop.time()
@@ -123,7 +122,6 @@ class BrandChannel:
         first = self._tail[0].sequence
         start = max(self._visible + 1 - first, 0)
         self._latest = [self._tail[i] for i in range(start, len(self._tail))]
-        self._latest_after = self._latest[0].sequence - 1
         self._visible = self._head
         self._last_fanout = self._loop.time()
         self._signal()
@@ -160,7 +158,7 @@ class BrandChannel:
     def events_after(self, cursor: int) -> list[Claim] | None:
         """Claims after `cursor` that watchers have been told of, from memory, or None if the tail
         no longer reaches back that far."""
-        if cursor == self._latest_after:
+        if self._latest and cursor == self._latest[0].sequence - 1:
             return self._latest
         if cursor >= self._visible:
             return []
