@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
+
+from discount_service.eventloop import run as run_loop
 
 PG_BIN = Path(os.environ.get("BENCH_PG_BIN", "/usr/lib/postgresql/15/bin"))
 # The machine's PostgreSQL settings (see `SHOW ALL` on 127.0.0.1:5432), mirrored so the numbers
@@ -22,6 +28,14 @@ PG_SETTINGS = {
     "max_wal_size": "1GB",
     "checkpoint_timeout": "300",
 }
+
+
+def child_main(run: Callable[[dict[str, Any]], Coroutine[Any, Any, dict[str, Any]]]) -> None:
+    """Entry point of a harness child process: config JSON in argv[1], result JSON to config["out"]."""
+    config = json.loads(sys.argv[1])
+    result = run_loop(run(config))
+    with open(config["out"], "w") as f:
+        json.dump(result, f)
 
 
 def free_port() -> int:

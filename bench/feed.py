@@ -13,7 +13,6 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from bench import run as harness
 from bench.common import PrivatePostgres
@@ -37,34 +36,17 @@ def main(argv: list[str] | None = None) -> int:
         admin, service = db.key("admin"), db.key("service")
         server = harness.Server(db.url, 1, workdir)
         try:
-
-            def claims(brand: str, rate: float = 0.0) -> dict[str, Any]:
-                return harness.run_load(
-                    workdir,
-                    brand,
-                    target=server.address,
-                    method="claim",
-                    api_key=service,
-                    brand=brand,
-                    profile=profile,
-                    server_pid=server.pid,
-                    pg=pg,
-                    rate=rate,
-                )
-
             for r in range(args.rounds):
                 without = None
                 if not args.rate:
                     db.brand(f"alone{r}", profile.brand_codes)
-                    without = claims(f"alone{r}")
-                name = f"watched{r}"
-                db.brand(name, profile.brand_codes)
-                watchers = harness.Watchers(workdir, name, server.address, admin, name, args.watchers)
-                harness.probe_claim(server.address, service, name, "probe")
-                watchers.wait_ready()
-                load = claims(name, args.rate)
-                expected = db.last_sequence(name)
-                events = harness.summarize_watch([(watchers.finish(expected), expected)])
+                    db.sql("CHECKPOINT")
+                    without = harness.run_load(workdir, f"alone{r}", target=server.address, method="claim",
+                                               api_key=service, brand=f"alone{r}", profile=profile,
+                                               server_pid=server.pid, pg=pg)  # fmt: skip
+                load, raw = harness.watched_phase(workdir, db, server, (admin, service), f"watched{r}",
+                                                  args.watchers, profile, pg, rate=args.rate)  # fmt: skip
+                events = harness.summarize_watch([raw])
                 ratio = f"{load['rps'] / without['rps']:.2f} x no watchers" if without else f"{load['rps']:.0f}/s"
                 print(
                     f"round {r}: {ratio}; event latency p50 {events['latency_p50_ms']:.1f} ms, "

@@ -9,16 +9,14 @@ completed and how long it took, to the JSON file named in the config.
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
 import time
 from array import array
 from typing import Any
 
 import grpc
 
+from bench.common import child_main
 from discount.v1 import discount_service_pb2 as pb
-from discount_service.eventloop import run as run_loop
 
 CLAIM_METHOD = "/discount.v1.DiscountService/ClaimCode"
 ECHO_METHOD = "/bench.Echo/Echo"
@@ -94,12 +92,5 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    config = json.loads(sys.argv[1])
-    result = run_loop(run(config))
-    with open(config["out"], "w") as f:
-        json.dump(result, f)
-
-
 if __name__ == "__main__":
-    main()
+    child_main(run)

@@ -565,6 +565,38 @@ def phase_generate(db: Db, server: Server, admin_key: str, brand: str, count: in
     }
 
 
+def watched_phase(
+    workdir: Path,
+    db: Db,
+    server: Server,
+    keys: tuple[str, str],
+    name: str,
+    count: int,
+    profile: Profile,
+    pg: PrivatePostgres,
+    *,
+    rate: float = 0.0,
+    per_response: int = WATCH_CLAIMS_PER_RESPONSE,
+) -> tuple[dict[str, Any], tuple[dict[str, Any], int]]:
+    """Claims on a new brand (closed loop, or `rate` claims/s) while `count` watchers stream every
+    event: the load summary, and the watchers' raw result with the last sequence they had to reach
+    (for summarize_watch, alone or with other rounds)."""
+    admin_key, service_key = keys
+    db.brand(name, profile.brand_codes)
+    db.sql("CHECKPOINT")  # the previous phase's WAL is flushed before this one is timed
+    group = Watchers(workdir, name, server.address, admin_key, name, count, per_response=per_response)
+    probe_claim(server.address, service_key, name, "probe")
+    group.wait_ready()
+    load = run_load(workdir, name, target=server.address, method="claim", api_key=service_key, brand=name,
+                    profile=profile, server_pid=server.pid, pg=pg, rate=rate)  # fmt: skip
+    expected = db.last_sequence(name)
+    raw = (group.finish(expected), expected)
+    events = summarize_watch([raw])
+    log(f"{name}: {count} watchers, event latency p50 {events['latency_p50_ms']:.1f} ms, p99 "
+        f"{events['latency_p99_ms']:.1f} ms, all events: {events['every_watcher_got_every_event']}")  # fmt: skip
+    return load, raw
+
+
 def summarize_watch(rounds: list[tuple[dict[str, Any], int]]) -> dict[str, Any]:
     """One watchers.py result (or several, of alternated rounds) against the last sequence expected."""
     lat = sorted(x for data, _ in rounds for x in data["latency"])
@@ -589,31 +621,7 @@ def summarize_watch(rounds: list[tuple[dict[str, Any], int]]) -> dict[str, Any]:
         "messages": sum(data.get("messages") or 0 for data, _ in rounds),
         "client_cpu_s": sum(data.get("client_cpu_s") or 0 for data, _ in rounds),
         "latency_sample_ms": [round(x * 1000, 3) for x in lat[:: max(1, len(lat) // 5000)]],
-        "_latency": lat,
     }
-
-
-def merge_watch(summaries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Alternated rounds of one watch phase, as one summary."""
-    lat = sorted(x for sm in summaries for x in sm["_latency"])
-    merged = dict(summaries[0])
-    merged.update(
-        every_watcher_got_every_event=all(sm["every_watcher_got_every_event"] for sm in summaries),
-        min_events=min(sm["min_events"] for sm in summaries),
-        max_events=max(sm["max_events"] for sm in summaries),
-        gaps=sum(sm["gaps"] for sm in summaries),
-        errors=[e for sm in summaries for e in sm["errors"]],
-        latency_p50_ms=percentile(lat, 50) * 1000,
-        latency_p99_ms=percentile(lat, 99) * 1000,
-        latency_max_ms=(lat[-1] * 1000) if lat else float("nan"),
-        latency_samples=len(lat),
-        messages=sum(sm["messages"] for sm in summaries),
-        client_cpu_s=sum(sm["client_cpu_s"] for sm in summaries),
-        latency_sample_ms=[round(x * 1000, 3) for x in lat[:: max(1, len(lat) // 5000)]],
-        _latency=lat,
-        rounds=[{k: sm[k] for k in ("latency_p50_ms", "latency_p99_ms", "expected_events_each")} for sm in summaries],
-    )
-    return merged
 
 
 # -- machine and report ---------------------------------------------------------------------------
@@ -961,50 +969,37 @@ def main(argv: list[str] | None = None) -> int:
         # alternated in rounds (the machine's drift hits both); then event latency at paced rates.
         s = start_server(workers)
 
-        def watched(name: str, count: int, rate: float = 0.0, per_response: int = WATCH_CLAIMS_PER_RESPONSE
-                    ) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
-            db.brand(name, n)
-            db.sql("CHECKPOINT")  # the previous phase's WAL is flushed before this one is timed
-            group = Watchers(workdir, name, s.address, admin, name, count, per_response=per_response)
-            probe_claim(s.address, service, name, "probe")
-            group.wait_ready()
-            load = run_load(workdir, name, target=s.address, method="claim", api_key=service, brand=name,
-                            profile=profile, server_pid=s.pid, pg=pg, rate=rate)  # fmt: skip
-            expected = db.last_sequence(name)
-            events = summarize_watch([(group.finish(expected), expected)])
-            got_all = events["every_watcher_got_every_event"]
-            log(f"{name}: {count} watchers, event latency p50 {events['latency_p50_ms']:.1f} ms, p99 "
-                f"{events['latency_p99_ms']:.1f} ms, all events: {got_all}")  # fmt: skip
-            return load, events
+        def watched(name: str, count: int, **options: Any) -> tuple[dict[str, Any], tuple[dict[str, Any], int]]:
+            return watched_phase(workdir, db, s, (admin, service), name, count, profile, pg, **options)
 
-        without_runs, with_runs, with_events = [], [], []
+        without_runs, with_runs, with_raw = [], [], []
         for r in range(profile.rounds):
             db.brand(f"nowatch{r}", n)
             db.sql("CHECKPOINT")
             without_runs.append(run_load(workdir, f"no-watchers-{r}", target=s.address, method="claim",
                                          api_key=service, brand=f"nowatch{r}", profile=profile, server_pid=s.pid,
                                          pg=pg))  # fmt: skip
-            load, events = watched(f"watched{r}", profile.watchers)
+            load, raw = watched(f"watched{r}", profile.watchers)
             with_runs.append(load)
-            with_events.append(events)
+            with_raw.append(raw)
         paced: dict[str, Any] = {}
         for rate in profile.paced_rates:
-            load, events = watched(f"paced{rate:.0f}", profile.watchers, rate=rate)
-            paced[f"{rate:.0f}"] = {"rate": rate, "load": load, "events": events}
+            load, raw = watched(f"paced{rate:.0f}", profile.watchers, rate=rate)
+            paced[f"{rate:.0f}"] = {"rate": rate, "load": load, "events": summarize_watch([raw])}
         few = max(1, profile.watchers // 10)  # where the knee is: the same closed loop with a tenth of them
-        with_few, few_events = watched("watched-few", few)
+        with_few, few_raw = watched("watched-few", few)
         # Reference: the same watchers asking for one claim per message (the contract's default).
-        with_single, single_events = watched("watched-single", profile.watchers, per_response=0)
+        with_single, single_raw = watched("watched-single", profile.watchers, per_response=0)
         results["watch"] = {
             "without_watchers": merge_rounds(without_runs),
             "with_watchers": merge_rounds(with_runs),
-            "with_watchers_events": merge_watch(with_events),
+            "with_watchers_events": summarize_watch(with_raw),
             "paced": paced,
             "with_few_watchers": with_few,
-            "few_watchers_events": few_events,
+            "few_watchers_events": summarize_watch([few_raw]),
             "max_claims_per_response": WATCH_CLAIMS_PER_RESPONSE,
             "with_watchers_single": with_single,
-            "single_events": single_events,
+            "single_events": summarize_watch([single_raw]),
         }
         stop_server(s)
 

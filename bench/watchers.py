@@ -10,7 +10,6 @@ claim's claimed_at) to the JSON file named in the config, and exits.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
 from array import array
@@ -18,8 +17,8 @@ from typing import Any
 
 import grpc
 
+from bench.common import child_main
 from discount.v1 import discount_service_pb2 as pb
-from discount_service.eventloop import run as run_loop
 
 WATCH_METHOD = "/discount.v1.DiscountService/WatchClaims"
 
@@ -121,12 +120,5 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    config = json.loads(sys.argv[1])
-    result = run_loop(run(config))
-    with open(config["out"], "w") as f:
-        json.dump(result, f)
-
-
 if __name__ == "__main__":
-    main()
+    child_main(run)
