@@ -88,7 +88,7 @@ async def test_replay_from_zero_returns_history_oldest_first(server: ServerHandl
 
 
 async def test_out_of_order_commits_never_skip_an_event(server: ServerHandle) -> None:
-    """ENGINEERING.md trap 4: a claim that started first but commits last must still be seen.
+    """A claim that started first but commits last must still be seen (docs/design.md#trap-outbox-order).
 
     A transaction holds the brand's feed head (as a slow claim would, between taking its sequence
     and committing); a second claim queues behind it. The watcher must see both, in order, with
