@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from discount_client import AsyncDiscountClient
+from tests.readme_support import README_ADDRESS, code_blocks, readme_section, shell_commands, words
 from tests.support import BIN, ServerHandle, create_brand, create_key, sql
-from tests.test_readme_support import README_ADDRESS, code_blocks, readme_section, shell_commands, words
 
 
 def readme_grpcurl_commands() -> list[str]:

@@ -12,8 +12,8 @@ import zipfile
 from pathlib import Path
 
 from discount_client import DiscountClient
+from tests.readme_support import README_ADDRESS, code_blocks, readme_section
 from tests.support import ROOT, ServerHandle, create_brand, create_key, generate_codes_sql, sql
-from tests.test_readme_support import README_ADDRESS, code_blocks, readme_section
 
 
 def readme_snippet() -> str:
