@@ -1,36 +1,36 @@
 """How much Envoy's gRPC-Web hop adds to a ClaimCode: the same calls, one at a time, direct vs through Envoy.
 
     DISCOUNT_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres \\
-        .venv/bin/python -m tests.browser.measure_envoy_overhead [CALLS]
+        .venv/bin/python -m bench.envoy_overhead [CALLS]
 
 Both clients keep one connection open (gRPC channel; HTTP/1.1 keep-alive, as a browser does). Prints p50/p99.
+The stack (server, Envoy, page) is the one the browser tests run, so the hop measured is the one they test.
 """
 
 from __future__ import annotations
 
+import argparse
 import http.client
-import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import grpc
 
+from bench.common import percentile
 from discount.v1 import discount_service_pb2 as pb
 from discount.v1 import discount_service_pb2_grpc as pb_grpc
 from tests.browser.support import frame, parse_frames, running_stack
 from tests.support import Databases, create_brand, create_key, generate_codes_sql, server_url
 
 
-def percentiles(samples: list[float]) -> str:
+def summary(samples: list[float]) -> str:
     ordered = sorted(samples)
-    p50 = statistics.median(ordered) * 1000
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+    p50, p99 = percentile(ordered, 50) * 1000, percentile(ordered, 99) * 1000
     return f"p50 {p50:.2f} ms, p99 {p99:.2f} ms, {len(ordered) / sum(ordered):.0f} calls/s"
 
 
-def main(calls: int) -> None:
+def measure(calls: int) -> None:
     databases = Databases(server_url())
     databases.setup_template()
     url = databases.create()
@@ -61,12 +61,25 @@ def main(calls: int) -> None:
                 assert trailers.get("grpc-status") == "0", trailers
             conn.close()
         print(f"{calls} sequential ClaimCode calls")
-        print(f"  direct gRPC        {percentiles(direct)}")
-        print(f"  gRPC-Web via Envoy {percentiles(via_envoy)}")
+        print(f"  direct gRPC        {summary(direct)}")
+        print(f"  gRPC-Web via Envoy {summary(via_envoy)}")
     finally:
         databases.drop(url)
         databases.drop_all()
 
 
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.envoy_overhead",
+        description="ClaimCode latency direct over gRPC vs gRPC-Web through Envoy, one call at a time.",
+        epilog="The database is DISCOUNT_TEST_DATABASE_URL's server (an embedded PostgreSQL when unset).",
+    )
+    parser.add_argument("calls", nargs="?", type=int, default=500, help="calls per path (default: 500)")
+    args = parser.parse_args(argv)
+    if args.calls < 1:
+        parser.error("CALLS must be at least 1")
+    measure(args.calls)
+
+
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 500)
+    main()
