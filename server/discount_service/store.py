@@ -26,7 +26,6 @@ from .models import ApiKeyInfo, Brand, Claim, Role
 
 log = logging.getLogger(__name__)
 
-FEED_CHANNEL = "discount_claims"
 # Serialises schema migrations of every process that starts at the same time.
 _MIGRATION_LOCK_KEY = 0x44495343  # "DISC"
 # Rows per COPY chunk when generating: bounds memory whatever the batch size.
@@ -34,11 +33,17 @@ GENERATION_CHUNK = 50_000
 
 
 def _load_queries() -> dict[str, str]:
+    """name -> statement, from the `-- name:` blocks of sql/queries.sql, without each block's
+    leading description comment and final semicolon (so a statement can be embedded, e.g. after
+    `PREPARE name AS` or `EXPLAIN`)."""
     text = resources.files(__package__).joinpath("sql/queries.sql").read_text()
     queries: dict[str, str] = {}
     for block in re.split(r"^-- name: ", text, flags=re.MULTILINE)[1:]:
         name, _, body = block.partition("\n")
-        queries[name.strip()] = body.strip().rstrip(";")
+        lines = body.strip().splitlines()
+        while lines and lines[0].startswith("--"):
+            lines.pop(0)
+        queries[name.strip()] = "\n".join(lines).strip().rstrip(";")
     return queries
 
 
@@ -190,29 +195,27 @@ class Store:
             async with await psycopg.AsyncConnection.connect(
                 self._conninfo, autocommit=True, application_name=f"{self._application_name}-migrate"
             ) as conn:
-                await conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK_KEY,))
+                lock = {"key": _MIGRATION_LOCK_KEY}
+                await conn.execute(QUERIES["lock_migrations"], lock)
                 try:
-                    cur = await conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+                    cur = await conn.execute(QUERIES["migrations_table_exists"])
                     row = await cur.fetchone()
                     # Checked first: CREATE ... IF NOT EXISTS still needs CREATE on the schema, which
                     # a least-privilege runtime role does not have (docs/operations.md).
                     if not (row and row[0]):
-                        await conn.execute(
-                            "CREATE TABLE schema_migrations ("
-                            " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-                        )
-                    cur = await conn.execute("SELECT version FROM schema_migrations")
+                        await conn.execute(QUERIES["create_migrations_table"])
+                    cur = await conn.execute(QUERIES["applied_migrations"])
                     done = {row[0] for row in await cur.fetchall()}
                     for version, sql in _migrations():
                         if version in done:
                             continue
                         async with conn.transaction():
                             await conn.execute(sql.encode())
-                            await conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+                            await conn.execute(QUERIES["record_migration"], {"version": version})
                         applied.append(version)
                         log.info("applied migration %s", version)
                 finally:
-                    await conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK_KEY,))
+                    await conn.execute(QUERIES["unlock_migrations"], lock)
         return applied
 
     # -- brands and keys ---------------------------------------------------------------------
@@ -312,13 +315,13 @@ class Store:
                 async with await psycopg.AsyncConnection.connect(
                     self._conninfo, autocommit=True, application_name=f"{self._application_name}-listen"
                 ) as conn:
-                    await conn.execute(f"LISTEN {FEED_CHANNEL}")
+                    await conn.execute(QUERIES["listen_claims"])
                     backoff = 0.05
                     yield None
                     while True:
                         async for note in conn.notifies(timeout=keepalive_seconds):
                             yield note.payload
-                        await conn.execute("SELECT 1")  # idle: prove the connection is alive
+                        await conn.execute(QUERIES["ping"])  # idle: prove the connection is alive
             except (psycopg.OperationalError, OSError) as exc:
                 log.warning(
                     "claim listener lost its connection (%s); reconnecting in %.2fs", type(exc).__name__, backoff

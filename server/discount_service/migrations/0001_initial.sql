@@ -7,7 +7,8 @@ CREATE TABLE brands (
 );
 
 -- One row per brand holding the last feed sequence handed out. Claims lock it as their last
--- statement, so sequences are gapless and become visible in sequence order (ENGINEERING.md trap 4).
+-- statement, so sequences are gapless and become visible in sequence order
+-- (docs/design.md#trap-outbox-order).
 -- Nothing indexed is updated, so every bump is a HOT update.
 CREATE TABLE brand_feed_heads (
     brand_key     integer PRIMARY KEY REFERENCES brands (brand_key),
@@ -41,7 +42,7 @@ CREATE TABLE code_batches (
 );
 
 -- Every generated code. `claimed` flips once; the partial index then holds only free codes,
--- so the claim query's plan cannot drift onto the primary key (ENGINEERING.md trap 1).
+-- so the claim query's plan cannot drift onto the primary key (docs/design.md#trap-plan-drift).
 CREATE TABLE codes (
     brand_key  integer NOT NULL,
     batch_key  bigint NOT NULL,

@@ -1,13 +1,15 @@
--- The whole claim in one round trip (ENGINEERING.md trap 2).
+-- The whole claim in one round trip (docs/design.md#trap-round-trips).
 --   1. resolve the brand;
---   2. serialise calls of the same (brand, user) with a transaction advisory lock (trap 5);
+--   2. serialise calls of the same (brand, user) with a transaction advisory lock
+--      (docs/design.md#trap-same-user-race);
 --   3. return the code the user already holds, if any;
 --   4. take the oldest free, unexpired code with SKIP LOCKED, starting after `p_after_code_key`,
 --      a per-process low-water mark that lets the index descent jump over the claimed prefix
 --      instead of walking its dead entries; a miss retries from the start, so the hint is only
 --      ever an optimisation;
 --   5. bump the brand's feed head last, so the row lock that orders sequences is held only
---      for the insert and the commit (trap 4), and no NOTIFY sits on the commit path (trap 3).
+--      for the insert and the commit (docs/design.md#trap-outbox-order), and no NOTIFY sits on
+--      the commit path (docs/design.md#trap-notify-commit-lock).
 CREATE OR REPLACE FUNCTION discount_claim(
     p_brand_id text, p_user_id text, p_email text, p_after_code_key bigint)
 RETURNS TABLE (outcome text, sequence bigint, code text, email text, claimed_at timestamptz,

@@ -1,11 +1,12 @@
 -- Several claims of one brand in one transaction: one commit (one WAL flush) for all of them.
 --
 -- Why: a claim holds its brand's feed-head row lock from the sequence bump until its commit has
--- been flushed (that is what keeps sequences gapless and commit-ordered, trap 4). So claims of a
--- hot brand cannot share a flush through PostgreSQL's group commit: each waits for the previous
--- one's fsync, and a brand tops out at about 1 / fsync time (~900 claims/s here, pgbench included).
+-- been flushed (that is what keeps sequences gapless and commit-ordered,
+-- docs/design.md#trap-outbox-order). So claims of a hot brand cannot share a flush through
+-- PostgreSQL's group commit: each waits for the previous one's fsync, and a brand tops out at
+-- about 1 / fsync time.
 -- The server therefore gathers the claims of a brand that arrive while one is running and sends
--- them here together (service.py).
+-- them here together (claim_batcher.py).
 --
 -- Each item gets exactly what discount_claim (0003) would have given it, in array order:
 --   1. the advisory locks of every user of the batch are taken first, in hashtext order, so two

@@ -1,7 +1,9 @@
--- Every statement the service runs. Each block starts with `-- name: <name>`;
--- store.py loads them once and is the only module that executes SQL.
+-- Every statement the service runs. Each block starts with `-- name: <name>`, then a one-line
+-- description; store.py loads them once and is the only module that executes SQL. Parameters are
+-- psycopg named placeholders (%(name)s), except where a block says otherwise.
 
 -- name: create_brand
+-- A new brand and its feed head (last sequence 0, no codes), in one statement.
 WITH brand AS (
     INSERT INTO brands (brand_id, name) VALUES (%(brand_id)s, %(name)s)
     RETURNING brand_key, brand_id, name, created_at
@@ -11,63 +13,88 @@ WITH brand AS (
 SELECT brand_key, brand_id, name, created_at FROM brand;
 
 -- name: list_brands
+-- Every brand with its code total and claim count, as the feed head keeps them.
 SELECT b.brand_id, b.name, b.created_at, h.total_codes, h.last_sequence
 FROM brands b JOIN brand_feed_heads h USING (brand_key)
 ORDER BY b.brand_id;
 
 -- name: get_brand_key
+-- The compact surrogate key of a brand, or no row if it does not exist.
 SELECT brand_key FROM brands WHERE brand_id = %(brand_id)s;
 
 -- name: create_api_key
+-- Stores a key's digest, role and (for a brand key) brand.
 INSERT INTO api_keys (key_id, key_hash, role, brand_key)
 VALUES (%(key_id)s, %(key_hash)s, %(role)s,
         (SELECT brand_key FROM brands WHERE brand_id = %(brand_id)s))
 RETURNING key_id;
 
 -- name: find_api_key
+-- The unrevoked key with this digest: its id, role and brand.
 SELECT k.key_id, k.role, b.brand_id
 FROM api_keys k LEFT JOIN brands b USING (brand_key)
 WHERE k.key_hash = %(key_hash)s AND k.revoked_at IS NULL;
 
 -- name: revoke_api_key
+-- Revokes a key; returns a row only if it existed and was not revoked yet.
 UPDATE api_keys SET revoked_at = now()
 WHERE key_id = %(key_id)s AND revoked_at IS NULL
 RETURNING key_id;
 
 -- name: list_api_keys
+-- Every key (never its digest), oldest first, revoked ones included.
 SELECT k.key_id, k.role, b.brand_id, k.created_at, k.revoked_at
 FROM api_keys k LEFT JOIN brands b USING (brand_key)
 ORDER BY k.created_at;
 
 -- name: claim_code
+-- One claim in one round trip (discount_claim in schema.sql).
 SELECT outcome, sequence, code, email, claimed_at, expires_at, code_key
 FROM discount_claim(%(brand_id)s, %(user_id)s, %(email)s, %(after_code_key)s);
 
 -- name: claim_code_batch
+-- Several claims of one brand in one transaction, one result row per item (discount_claim_batch).
 SELECT item, outcome, sequence, code, email, claimed_at, expires_at, code_key
 FROM discount_claim_batch(%(brand_id)s, %(user_ids)s, %(emails)s, %(after_code_key)s);
 
+-- name: pick_free_code
+-- The code pick inside discount_claim_batch as a statement of its own, for EXPLAIN: $1 is the
+-- brand_key (integer), $2 the after_code_key hint (bigint), as in
+-- `PREPARE pick(integer, bigint) AS <this>`; tests/test_schema.py checks it matches the function.
+SELECT f.ctid, f.code, f.expires_at, f.code_key
+FROM codes f
+WHERE f.brand_key = $1 AND NOT f.claimed AND f.code_key > $2
+  AND (f.expires_at IS NULL OR f.expires_at > now())
+ORDER BY f.code_key LIMIT 1
+FOR UPDATE SKIP LOCKED;
+
 -- name: find_batch
+-- The batch an earlier GenerateCodes call with this request_id made, if any.
 SELECT b.batch_id, b.generated
 FROM code_batches b JOIN brands USING (brand_key)
 WHERE brands.brand_id = %(brand_id)s AND b.request_id = %(request_id)s;
 
 -- name: insert_batch
+-- Records a GenerateCodes call; its unique (brand_key, request_id) makes a retry wait and then find it.
 INSERT INTO code_batches (batch_id, brand_key, request_id, generated, code_length, prefix, expires_at)
 VALUES (%(batch_id)s, %(brand_key)s, %(request_id)s, %(generated)s, %(code_length)s,
         %(prefix)s, %(expires_at)s)
 RETURNING batch_key;
 
 -- name: copy_codes
+-- The fast path of generation: new codes straight into the table (a collision aborts it).
 COPY codes (brand_key, batch_key, expires_at, code) FROM STDIN;
 
 -- name: create_staging
+-- The exact path of generation: a per-transaction table for candidate codes.
 CREATE TEMP TABLE IF NOT EXISTS staged_codes (code text NOT NULL) ON COMMIT DROP;
 
 -- name: copy_staged_codes
+-- Candidate codes into the staging table.
 COPY staged_codes (code) FROM STDIN;
 
 -- name: insert_staged_codes
+-- Up to the needed number of staged candidates that are new; returns how many went in.
 WITH inserted AS (
     INSERT INTO codes (brand_key, batch_key, expires_at, code)
     SELECT DISTINCT %(brand_key)s::integer, %(batch_key)s::bigint, %(expires_at)s::timestamptz, code
@@ -79,12 +106,15 @@ WITH inserted AS (
 SELECT count(*) FROM inserted;
 
 -- name: clear_staged_codes
+-- Empties the staging table before the next round of candidates.
 TRUNCATE staged_codes;
 
 -- name: add_total_codes
+-- Counts a batch's codes into the brand's total, in the generating transaction.
 UPDATE brand_feed_heads SET total_codes = total_codes + %(count)s WHERE brand_key = %(brand_key)s;
 
 -- name: brand_stats
+-- A brand's total, claimed and expired codes; only a brand with an expired batch pays for the count.
 SELECT h.total_codes,
        h.last_sequence AS claimed,
        CASE WHEN EXISTS (SELECT 1 FROM code_batches cb
@@ -111,6 +141,7 @@ FROM brands b JOIN brand_feed_heads h USING (brand_key)
 ORDER BY b.brand_id;
 
 -- name: feed_page
+-- The next page of a brand's claim feed after a cursor, in sequence order.
 SELECT c.sequence, c.code, c.user_id, c.email, c.claimed_at, c.expires_at
 FROM claims c
 WHERE c.brand_key = %(brand_key)s AND c.sequence > %(after_sequence)s
@@ -118,6 +149,7 @@ ORDER BY c.sequence
 LIMIT %(limit)s;
 
 -- name: feed_head
+-- The last sequence of a brand's feed: where a live watcher starts.
 SELECT last_sequence FROM brand_feed_heads WHERE brand_key = %(brand_key)s;
 
 -- name: notify_claims
@@ -125,5 +157,34 @@ SELECT last_sequence FROM brand_feed_heads WHERE brand_key = %(brand_key)s;
 -- flush. It is only a wake-up hint (watchers also poll), so this one commit is asynchronous.
 SELECT set_config('synchronous_commit', 'off', true), pg_notify('discount_claims', %(payload)s);
 
+-- name: listen_claims
+-- Subscribes the listener connection to the channel notify_claims sends on.
+LISTEN discount_claims;
+
 -- name: ping
+-- Proves a connection works (health checks, and the idle listener's keepalive).
 SELECT 1;
+
+-- name: lock_migrations
+-- Serialises the migrations of processes that start at the same time (session advisory lock).
+SELECT pg_advisory_lock(%(key)s);
+
+-- name: unlock_migrations
+-- Releases lock_migrations.
+SELECT pg_advisory_unlock(%(key)s);
+
+-- name: migrations_table_exists
+-- Whether schema_migrations exists, asked before creating it (see Store.migrate).
+SELECT to_regclass('schema_migrations') IS NOT NULL;
+
+-- name: create_migrations_table
+-- The record of applied migrations; not part of schema.sql, which is what they add up to.
+CREATE TABLE schema_migrations (version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());
+
+-- name: applied_migrations
+-- The versions applied so far.
+SELECT version FROM schema_migrations;
+
+-- name: record_migration
+-- Marks a version applied, in the transaction that applied it.
+INSERT INTO schema_migrations (version) VALUES (%(version)s);

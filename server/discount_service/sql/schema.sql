@@ -1,0 +1,225 @@
+-- The schema as migrations/0001..0005 leave it, in one place, to read what runs today.
+--
+-- Nothing applies this file: databases are built and upgraded by the migrations only (Store.migrate,
+-- `discount migrate`). Keep it in step with them: a new migration changes this file in the same
+-- commit. tests/test_schema.py applies every migration to one empty database, loads this file into
+-- another, and fails if `pg_dump --schema-only` of the two differ (comments and layout aside).
+-- To see the difference, run `.venv/bin/python -m pytest tests/test_schema.py`; its failure
+-- message is the diff, migrations on the left.
+--
+-- The traps the design avoids are described in docs/design.md; comments cite them by anchor.
+
+
+-- Brands own codes. `brand_key` is a compact surrogate: every hot index and advisory lock is keyed
+-- by it instead of the (up to 64 byte) brand_id.
+CREATE TABLE brands (
+    brand_key   integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    brand_id    text NOT NULL UNIQUE CHECK (length(brand_id) BETWEEN 1 AND 64),
+    name        text NOT NULL DEFAULT '',
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per brand holding the last feed sequence handed out and the number of codes generated.
+-- A claim bumps `last_sequence` as its last statement and holds the row lock until it commits, so
+-- sequences are gapless and become visible in sequence order (docs/design.md#trap-outbox-order).
+-- Nothing indexed is updated and the low fillfactor leaves room on the page, so every bump is a
+-- HOT update. `last_sequence` doubles as the brand's claim count.
+CREATE TABLE brand_feed_heads (
+    brand_key     integer PRIMARY KEY REFERENCES brands (brand_key),
+    last_sequence bigint NOT NULL DEFAULT 0,
+    total_codes   bigint NOT NULL DEFAULT 0
+) WITH (fillfactor = 20);
+
+-- API keys are stored only as SHA-256 digests of 256-bit random secrets. A brand key is bound to
+-- exactly one brand; admin and service keys to none.
+CREATE TABLE api_keys (
+    key_id      text PRIMARY KEY,
+    key_hash    bytea NOT NULL UNIQUE,
+    role        text NOT NULL CHECK (role IN ('admin', 'brand', 'service')),
+    brand_key   integer REFERENCES brands (brand_key),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    revoked_at  timestamptz,
+    CHECK ((role = 'brand') = (brand_key IS NOT NULL))
+);
+
+-- One row per GenerateCodes call; the unique (brand_key, request_id) makes a retried call wait for
+-- the first one and then return its batch instead of generating twice.
+CREATE TABLE code_batches (
+    batch_key   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    batch_id    uuid NOT NULL UNIQUE,
+    brand_key   integer NOT NULL REFERENCES brands (brand_key),
+    request_id  text,
+    generated   integer NOT NULL,
+    code_length integer NOT NULL,
+    prefix      text NOT NULL,
+    expires_at  timestamptz,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (brand_key, request_id)
+);
+
+-- Every generated code; they arrive by the million through COPY, in the transaction that writes
+-- their brand's batch row. `code_key` orders codes oldest first, and the claim takes them in that
+-- order; with CACHE 1000 a session draws identity values a thousand at a time, not one per row.
+CREATE TABLE codes (
+    brand_key  integer NOT NULL,
+    batch_key  bigint NOT NULL,
+    expires_at timestamptz,
+    code       text NOT NULL,
+    code_key   bigint GENERATED ALWAYS AS IDENTITY (CACHE 1000),
+    claimed    boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (brand_key, code)
+);
+-- `claimed` flips once, so this partial index holds only free codes: it is the only index that can
+-- serve the code pick, and its plan cannot drift onto the primary key (docs/design.md#trap-plan-drift).
+CREATE INDEX codes_free ON codes (brand_key, code_key) WHERE NOT claimed;
+
+-- Who got which code, and the brand's durable claim feed (the outbox), in one row: the feed is
+-- read by `sequence > cursor`, which the gapless, commit-ordered sequences make a safe resume point.
+CREATE TABLE claims (
+    brand_key  integer NOT NULL,
+    sequence   bigint NOT NULL,
+    code       text NOT NULL,
+    user_id    text NOT NULL,
+    email      text NOT NULL,
+    claimed_at timestamptz NOT NULL,
+    expires_at timestamptz,
+    PRIMARY KEY (brand_key, sequence),
+    -- The last line of defence behind the (brand, user) advisory lock.
+    CONSTRAINT claims_one_code_per_user UNIQUE (brand_key, user_id)
+);
+
+
+-- Several claims of one brand in one transaction, in one round trip (docs/design.md#trap-round-trips):
+-- one commit, so one WAL flush, for all of them. A claim holds its brand's feed-head row lock from
+-- the sequence bump until its commit is flushed, so claims of one brand cannot share a flush through
+-- PostgreSQL's group commit; the server gathers the claims of a brand that arrive while one of its
+-- transactions runs and sends them here together (claim_batcher.py). A single claim is a batch of one.
+--
+-- Each item gets, in array order, what it would have got alone:
+--   1. resolve the brand (every item is 'brand_not_found' if it does not exist);
+--   2. take the advisory locks of every user of the batch first, in hashtext order, so that two
+--      batches (or a batch and a single claim) cannot deadlock; calls of the same (brand, user)
+--      queue here, and the second finds the first one's claim (docs/design.md#trap-same-user-race);
+--   3. a caller without a hint yet (`p_after_code_key` = 0, a process that just started) starts
+--      after the code of the brand's latest claim, found by three probes on whole unique keys so
+--      that no plan but the unique index is possible, with or without statistics;
+--   4. per item: return the code the user already holds ('existing'); otherwise take the oldest
+--      free, unexpired code after the hint with SKIP LOCKED (the hint lets the index descent jump
+--      over the claimed prefix's dead entries instead of walking them; a miss retries from the
+--      start, so the hint is only ever an optimisation), or answer 'exhausted';
+--   5. mark the code claimed, bump the feed head last (its row lock, taken by the first new claim,
+--      orders the sequences and is held to commit: docs/design.md#trap-outbox-order), and insert
+--      the claims row. No NOTIFY here: it would sit on the commit path
+--      (docs/design.md#trap-notify-commit-lock); the server notifies after commit.
+-- A user twice in one batch sees its own first claim: 'existing'. Any error rolls the whole batch
+-- back; the server then runs its items one by one. sql/queries.sql holds the code pick as a
+-- statement of its own (pick_free_code), for EXPLAIN.
+CREATE FUNCTION discount_claim_batch(
+    p_brand_id text, p_user_ids text[], p_emails text[], p_after_code_key bigint)
+RETURNS TABLE (item integer, outcome text, sequence bigint, code text, email text,
+               claimed_at timestamptz, expires_at timestamptz, code_key bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_brand     integer;
+    v_lock      integer;
+    v_i         integer;
+    v_user      text;
+    v_ctid      tid;
+    v_code      text;
+    v_expires   timestamptz;
+    v_code_key  bigint;
+    v_sequence  bigint;
+    v_hint      bigint := p_after_code_key;
+    v_last      bigint;
+    v_last_code text;
+    v_found     boolean;
+BEGIN
+    -- 1. the brand
+    SELECT b.brand_key INTO v_brand FROM brands b WHERE b.brand_id = p_brand_id;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT i, 'brand_not_found'::text, NULL::bigint, NULL::text, NULL::text,
+                            NULL::timestamptz, NULL::timestamptz, NULL::bigint
+                     FROM generate_series(1, cardinality(p_user_ids)) i;
+        RETURN;
+    END IF;
+
+    -- 2. every user's advisory lock, in one global order
+    FOR v_lock IN SELECT DISTINCT hashtext(u) FROM unnest(p_user_ids) u ORDER BY 1 LOOP
+        PERFORM pg_advisory_xact_lock(v_brand, v_lock);
+    END LOOP;
+
+    IF v_hint = 0 THEN  -- 3. start after the code of the brand's latest claim
+        SELECT h.last_sequence INTO v_last FROM brand_feed_heads h WHERE h.brand_key = v_brand;
+        SELECT c.code INTO v_last_code FROM claims c WHERE c.brand_key = v_brand AND c.sequence = v_last;
+        IF FOUND THEN
+            SELECT co.code_key INTO v_hint FROM codes co WHERE co.brand_key = v_brand AND co.code = v_last_code
+            LIMIT 1;
+        END IF;
+        v_hint := coalesce(v_hint, 0);
+    END IF;
+
+    FOR v_i IN 1 .. cardinality(p_user_ids) LOOP
+        v_user := p_user_ids[v_i];
+
+        -- 4. the code the user already holds
+        RETURN QUERY
+            SELECT v_i, 'existing'::text, c.sequence, c.code, c.email, c.claimed_at, c.expires_at, NULL::bigint
+            FROM claims c WHERE c.brand_key = v_brand AND c.user_id = v_user;
+        IF FOUND THEN
+            CONTINUE;
+        END IF;
+
+        -- 4. the oldest free code after the hint (pick_free_code in sql/queries.sql) ...
+        SELECT f.ctid, f.code, f.expires_at, f.code_key INTO v_ctid, v_code, v_expires, v_code_key
+        FROM codes f
+        WHERE f.brand_key = v_brand AND NOT f.claimed AND f.code_key > v_hint
+          AND (f.expires_at IS NULL OR f.expires_at > now())
+        ORDER BY f.code_key LIMIT 1
+        FOR UPDATE SKIP LOCKED;
+        v_found := FOUND;
+
+        -- ... or, on a miss, from the start
+        IF NOT v_found AND v_hint > 0 THEN
+            SELECT f.ctid, f.code, f.expires_at, f.code_key INTO v_ctid, v_code, v_expires, v_code_key
+            FROM codes f
+            WHERE f.brand_key = v_brand AND NOT f.claimed AND f.code_key > 0
+              AND (f.expires_at IS NULL OR f.expires_at > now())
+            ORDER BY f.code_key LIMIT 1
+            FOR UPDATE SKIP LOCKED;
+            v_found := FOUND;
+        END IF;
+
+        IF NOT v_found THEN
+            RETURN QUERY SELECT v_i, 'exhausted'::text, NULL::bigint, NULL::text, NULL::text,
+                                NULL::timestamptz, NULL::timestamptz, NULL::bigint;
+            CONTINUE;
+        END IF;
+
+        -- 5. claim it; the feed-head bump comes last, its row lock held to commit
+        UPDATE codes SET claimed = true WHERE ctid = v_ctid;
+        v_hint := v_code_key;
+
+        UPDATE brand_feed_heads h SET last_sequence = h.last_sequence + 1
+        WHERE h.brand_key = v_brand
+        RETURNING h.last_sequence INTO v_sequence;
+
+        INSERT INTO claims (brand_key, sequence, code, user_id, email, claimed_at, expires_at)
+        VALUES (v_brand, v_sequence, v_code, v_user, p_emails[v_i], now(), v_expires);
+
+        RETURN QUERY SELECT v_i, 'claimed'::text, v_sequence, v_code, p_emails[v_i], now(), v_expires, v_code_key;
+    END LOOP;
+END
+$$;
+
+-- One claim: a batch of one, so the claim's steps are written once. Outcomes: 'claimed' (a new
+-- claim, with the code_key the caller keeps as its next hint), 'existing' (the user's earlier claim),
+-- 'brand_not_found', 'exhausted'.
+CREATE FUNCTION discount_claim(
+    p_brand_id text, p_user_id text, p_email text, p_after_code_key bigint)
+RETURNS TABLE (outcome text, sequence bigint, code text, email text, claimed_at timestamptz,
+               expires_at timestamptz, code_key bigint)
+LANGUAGE sql AS $$
+    SELECT b.outcome, b.sequence, b.code, b.email, b.claimed_at, b.expires_at, b.code_key
+    FROM discount_claim_batch(p_brand_id, ARRAY[p_user_id], ARRAY[p_email], p_after_code_key) b
+$$;
