@@ -2,6 +2,7 @@
 # Regenerates every stub from protos/. CI runs it and fails if the committed files change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 # The Python stubs come from the grpcio-tools pinned in the `test` extra (its version shapes the output).
 if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
@@ -24,7 +25,6 @@ mv -f "$py_out"/discount/v1/discount_service_pb2* clients/discount/v1/
 
 # TypeScript stubs for the web page (web/src/gen), from the local protoc-gen-es in web/node_modules
 # (scripts/setup.d/40-browser.sh installs it). buf's remote plugins need a network we do not have.
-BUF="${BUF:-.venv/bin/buf}"
-[ -x "$BUF" ] || BUF=buf
+BUF="$(buf_bin)"
 [ -x web/node_modules/.bin/protoc-gen-es ] || (cd web && npm ci --no-audit --no-fund --loglevel=error)
 "$BUF" generate --template web/buf.gen.yaml

@@ -2,7 +2,8 @@
 # The proto contract: buf lint, buf breaking against the previous commit, and generated stubs up to date.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-BUF=.venv/bin/buf
+source scripts/lib.sh
+BUF="$(buf_bin)"
 
 echo "== buf lint"
 "$BUF" lint
@@ -27,7 +28,7 @@ else
   echo "no breaking change against ${previous:0:12}"
 fi
 
-echo "== generated stubs are up to date"
+echo "== generated stubs (Python and web/src/gen) are up to date"
 ./scripts/generate.sh
 generated=(clients/discount/v1 web/src/gen)
 if ! git diff --exit-code --stat -- "${generated[@]}" ||

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Browser tests (issue 4): Debian's chromium, the page's npm packages from the committed lock, and the built page.
+# Browser tests: Debian's chromium, the page's npm packages from the committed lock, and the built page.
 # Idempotent. Fails (so CI fails) when chromium, node or Envoy cannot be installed: the tests never skip.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
