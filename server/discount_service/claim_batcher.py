@@ -1,35 +1,37 @@
 """Group commit for the claims of a hot brand.
 
 A claim holds its brand's feed-head row lock until its commit is flushed to disk; that keeps feed
-sequences gapless and in commit order (ENGINEERING.md trap 4), but it also means the claims of
-one brand cannot share a WAL flush: one brand tops out at about 1 / fsync time. So claims of a
-brand that arrive while one of its transactions is running wait for it and then go together, in
-one call of `discount_claim_batch` (migrations/0004): one round trip and one flush for all of them.
+sequences gapless and in commit order (docs/design.md#trap-outbox-order), but it also means the
+claims of one brand cannot share a WAL flush: one brand tops out at about 1 / fsync time. So claims
+of a brand that arrive while one of its transactions is running wait for it and then go together,
+in one call of `discount_claim_batch` (sql/schema.sql): one round trip and one flush for all of them.
 
 - A claim that finds its brand idle goes at once, alone (`discount_claim`): no added latency.
 - At most `MAX_IN_FLIGHT` transactions per brand run at a time, each with up to `MAX_BATCH` claims.
 - Every claim gets the same answer it would have got alone. If a batch fails as a whole (say one
   item holds a value the database refuses), its claims are retried one by one, so one bad claim
   fails alone. A caller that gave up (deadline, cancel) before its batch left is not claimed for.
+- Per brand, the batcher remembers the highest code_key this process claimed and passes it as the
+  hint where the next code pick starts, so the index descent skips the claimed prefix instead of
+  walking its dead entries (docs/design.md#trap-plan-drift).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import errors
-from .models import Claim
+from .models import Claim, ClaimOutcome
 from .store import ClaimRow, Store
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 64
 # One transaction per brand at a time: a second one would only wait for the feed-head row lock inside
-# PostgreSQL, while claims that wait here join the next batch. 1 vs 2, alternated 10 s runs on one
-# database: 2,215 / 2,347 / 2,277 vs 2,091 / 2,167 / 2,018 claims/s (docs/performance.md, section 3).
+# PostgreSQL, while claims that wait here join the next batch (docs/performance.md measures 1 and 2).
 MAX_IN_FLIGHT = 1
 
 
@@ -50,7 +52,6 @@ class ClaimBatcher:
     def __init__(
         self,
         store: Store,
-        hints: MutableMapping[str, int],
         *,
         on_committed: Callable[[str, list[Claim]], None],
     ) -> None:
@@ -58,8 +59,8 @@ class ClaimBatcher:
         # Told of every transaction's new claims, in sequence order, even if their callers are
         # gone: the live feed takes them from here without reading them back.
         self._on_committed = on_committed
-        # Per brand, the highest code_key this process handed out (kept up to date by the service).
-        self._hints = hints
+        # Per brand, the highest code_key this process claimed: where the next code pick starts.
+        self._hints: dict[str, int] = {}
         self._queues: dict[str, _BrandQueue] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -109,7 +110,8 @@ class ClaimBatcher:
             log.info("claim batch of %d failed (%s); claiming one by one", len(batch), type(exc).__name__)
             await asyncio.gather(*(self._one(brand_id, p, hint) for p in batch))
             return
-        claimed = [row.claim for row in rows if row.outcome == "claimed" and row.claim is not None]
+        self._learn_hint(brand_id, rows)
+        claimed = [row.claim for row in rows if row.outcome is ClaimOutcome.CLAIMED and row.claim is not None]
         self._on_committed(brand_id, sorted(claimed, key=lambda claim: claim.sequence))
         for p, row in zip(batch, rows, strict=True):
             if not p.future.done():
@@ -122,7 +124,15 @@ class ClaimBatcher:
             if not pending.future.done():
                 pending.future.set_exception(exc)
             return
-        if row.outcome == "claimed" and row.claim is not None:
+        self._learn_hint(brand_id, [row])
+        if row.outcome is ClaimOutcome.CLAIMED and row.claim is not None:
             self._on_committed(brand_id, [row.claim])
         if not pending.future.done():
             pending.future.set_result(row)
+
+    def _learn_hint(self, brand_id: str, rows: list[ClaimRow]) -> None:
+        """Raises the brand's hint to the highest code_key these claims took. Only ever raised: a
+        claim that finished late with a lower key must not send the next pick back over the prefix."""
+        highest = max((row.code_key for row in rows if row.code_key is not None), default=0)
+        if highest > self._hints.get(brand_id, 0):
+            self._hints[brand_id] = highest

@@ -6,12 +6,12 @@
   or a slow consumer) pages from the database itself, so memory stays bounded.
 - Claims made by this process are handed to the channel in memory after commit, no read needed;
   other replicas hear of them through a NOTIFY sent after commit, outside the claim transaction
-  (ENGINEERING.md trap 3), and read them. A periodic poll covers a lost notification, so an event
-  can be late but never lost.
+  (docs/design.md#trap-notify-commit-lock), and read them. A periodic poll covers a lost
+  notification, so an event can be late but never lost.
 - Fan-outs are paced by the number of watchers and the brand's claim rate (FANOUT_*); caught-up
   watchers all get the same run of claims, so it is encoded once.
-- Sequences are gapless and commit in order (see migrations/0002), so `sequence > cursor` is a
-  safe resume point.
+- Sequences are gapless and commit in order (docs/design.md#trap-outbox-order), so
+  `sequence > cursor` is a safe resume point.
 """
 
 from __future__ import annotations
@@ -30,17 +30,19 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 TAIL_SIZE = 8192
-# At most one NOTIFY per brand per this interval from a process: under load a hot brand sent one
-# per round trip, ~7% of the server's CPU (docs/performance.md). Only other processes' watchers
-# wait for it (local ones get this process's claims handed over in memory), by at most this much.
+# At most one NOTIFY per brand per this interval from a process: one per claim transaction would
+# add a database call per transaction of a hot brand, a measurable share of the server's CPU
+# (docs/performance.md). Only other processes' watchers wait for it (local ones get this process's
+# claims handed over in memory), by at most this much.
 NOTIFY_INTERVAL_SECONDS = 0.005
 PAGE_SIZE = 1000
 # Reads of the database for claims this process did not make (NOTIFY, poll) come at most this often.
 REFRESH_INTERVAL_SECONDS = 0.004
-# Every fan-out costs one gRPC message per watcher: ~70 us of the server's CPU, more in a Python
-# client, and a stall of the event loop that claims wait behind (docs/performance.md). So a brand's
-# fan-outs are spaced by its number of watchers and stretched by its claim rate: a quiet brand's
-# claim goes out at once, and in a flash sale shoppers come first and watchers get fewer, larger runs.
+# Every fan-out costs one gRPC message per watcher: server CPU, more in a Python client, and a
+# stall of the one event loop that claims wait behind (docs/design.md#trap-one-event-loop). So a
+# brand's fan-outs are spaced by its number of watchers and stretched by its claim rate: a quiet
+# brand's claim goes out at once, and in a flash sale shoppers come first and watchers get fewer,
+# larger runs.
 FANOUT_MESSAGES_PER_SECOND = 8000  # to all of a brand's watchers, before the claim rate stretches it
 FANOUT_CLAIM_RATE_UNIT = 200  # every this many claims/s of the brand add one more base interval
 FANOUT_MIN_INTERVAL_SECONDS = 0.001

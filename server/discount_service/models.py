@@ -54,6 +54,15 @@ class Claim:
     expires_at: datetime | None
 
 
+class ClaimOutcome(StrEnum):
+    """What one claim did; the values are the `outcome` column of discount_claim (sql/schema.sql)."""
+
+    CLAIMED = "claimed"  # this call took a new code for the user
+    EXISTING = "existing"  # the user already held a code of the brand: that one, again
+    BRAND_NOT_FOUND = "brand_not_found"
+    EXHAUSTED = "exhausted"  # the brand has no free, unexpired code left
+
+
 @dataclass(frozen=True)
 class ClaimResult:
     claim: Claim

@@ -14,7 +14,7 @@ from . import codes, errors, validation
 from .auth import require_brand_access, require_claim_access
 from .claim_batcher import ClaimBatcher
 from .feed import ClaimFeed
-from .models import BrandStats, Claim, ClaimResult, GenerateResult, Principal
+from .models import BrandStats, Claim, ClaimOutcome, ClaimResult, GenerateResult, Principal
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -26,11 +26,8 @@ class DiscountService:
     def __init__(self, store: Store, feed: ClaimFeed) -> None:
         self._store = store
         self._feed = feed
-        # Per brand, the highest code_key this process handed out: the claim query starts its
-        # index scan there instead of walking the claimed prefix (see migrations/0002).
-        self._claim_hints: dict[str, int] = {}
         # Concurrent claims of one brand share a transaction (group commit, see claim_batcher.py).
-        self._claims = ClaimBatcher(store, self._claim_hints, on_committed=feed.claims_committed)
+        self._claims = ClaimBatcher(store, on_committed=feed.claims_committed)
 
     async def generate_codes(
         self,
@@ -95,15 +92,12 @@ class DiscountService:
         validation.email(email)
         require_claim_access(principal, user_id, email)
         row = await self._claims.claim(brand_id, user_id, email)
-        if row.outcome == "brand_not_found":
+        if row.outcome is ClaimOutcome.BRAND_NOT_FOUND:
             raise errors.NotFound(f"brand {brand_id!r} does not exist")
-        if row.outcome == "exhausted":
+        if row.outcome is ClaimOutcome.EXHAUSTED:
             raise errors.NoCodesLeft(f"brand {brand_id!r} has no codes left; ask the brand to generate more")
         assert row.claim is not None
-        if row.code_key is not None:
-            if row.code_key > self._claim_hints.get(brand_id, 0):
-                self._claim_hints[brand_id] = row.code_key
-        return ClaimResult(claim=row.claim, newly_claimed=row.outcome == "claimed")
+        return ClaimResult(claim=row.claim, newly_claimed=row.outcome is ClaimOutcome.CLAIMED)
 
     async def brand_stats(self, principal: Principal, *, brand_id: str) -> BrandStats:
         validation.brand_id(brand_id)

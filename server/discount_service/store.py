@@ -22,7 +22,7 @@ import psycopg.errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from . import errors
-from .models import ApiKeyInfo, Brand, Claim, Role
+from .models import ApiKeyInfo, Brand, Claim, ClaimOutcome, Role
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,9 @@ def translate_errors() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class ClaimRow:
-    outcome: str  # 'claimed' | 'existing' | 'brand_not_found' | 'exhausted'
+    """One claim's result: the claim (CLAIMED, EXISTING), and for a new claim the code_key it took."""
+
+    outcome: ClaimOutcome
     claim: Claim | None
     code_key: int | None
 
@@ -268,7 +270,7 @@ class Store:
     async def claim_code_batch(
         self, brand_id: str, items: list[tuple[str, str]], after_code_key: int
     ) -> list[ClaimRow]:
-        """Claims for several (user_id, email) of one brand in one transaction (migrations/0004),
+        """Claims for several (user_id, email) of one brand in one transaction (discount_claim_batch),
         in order; the same result per item as `claim_code`. Any error fails the whole batch."""
         rows = await self._fetch(
             "claim_code_batch",
@@ -467,8 +469,9 @@ class Store:
 
 
 def _claim_row(brand_id: str, user_id: str, row: tuple[Any, ...]) -> ClaimRow:
-    outcome, sequence, code, stored_email, claimed_at, expires_at, code_key = row
-    if outcome not in ("claimed", "existing"):
+    value, sequence, code, stored_email, claimed_at, expires_at, code_key = row
+    outcome = ClaimOutcome(value)
+    if outcome not in (ClaimOutcome.CLAIMED, ClaimOutcome.EXISTING):
         return ClaimRow(outcome=outcome, claim=None, code_key=None)
     claim = Claim(
         sequence=sequence,
