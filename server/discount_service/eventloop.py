@@ -1,8 +1,8 @@
 """The event loop a server process runs on: uvloop when it is installed (a dependency on Linux
 and macOS), else asyncio's own. grpc.aio and psycopg's async API both run on it.
 
-Measured on the 2-core bench machine: about 25% more ClaimCode throughput per server process
-and a lower p99 than the stdlib loop (docs/performance.md).
+A server process has one event loop for all its calls (docs/design.md#trap-one-event-loop), so
+the loop's own overhead is paid on every call; uvloop's is lower (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """`discount serve --workers N`: N server processes sharing one port.
 
-grpc.aio runs one event loop per process (ENGINEERING.md trap 8), so one process uses one core at
-most. Each worker is a full server (its own pool, its own LISTEN connection) bound to the same
-address with the `grpc.so_reuseport` option (app.py sets it when workers > 1); the kernel spreads
-incoming connections across them. The parent only supervises:
+grpc.aio runs one event loop per process, so one process uses one core at most
+(docs/design.md#trap-one-event-loop). Each worker is a full server (its own pool, its own LISTEN
+connection) bound to the same address with the `grpc.so_reuseport` option (app.py sets it when
+workers > 1); the kernel spreads incoming connections across them. The parent only supervises:
 
 - it resolves the database URL once (so an embedded PostgreSQL is started once, by the parent,
   and lives as long as it) and runs the migrations once, then passes the URL down;
@@ -32,12 +32,13 @@ log = logging.getLogger(__name__)
 
 
 def _worker_main(settings: Settings, database_url: str, index: int) -> None:
-    from .cli import _serve, configure_logging
     from .eventloop import run
+    from .logs import configure_logging
+    from .serving import serve
 
     configure_logging(settings.log_level)
     log.info("worker %d (of %d) starting", index + 1, settings.workers)
-    run(_serve(settings, database_url=database_url))
+    run(serve(settings, database_url=database_url))
 
 
 def _resolve_port(listen: str) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from discount.v1 import discount_service_pb2 as pb
-from discount_service.devstack import WEB_DIST, DevStackError, EnvoyProcess, render_envoy_config, serve_page
+from discount_dev.stack import WEB_DIST, DevStackError, EnvoyProcess, render_envoy_config, serve_page
 from discount_service.tokens import mint_token
 from tests.support import ROOT, ServerHandle, create_key, free_port, start_server_process, stop_process
 

@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from discount.v1 import discount_service_pb2_grpc as pb_grpc
-from discount_service.devstack import serve_page
+from discount_dev.stack import serve_page
 from tests.browser.support import JWT_SECRET, Browser, Stack, table_codes, table_sequences, token
 from tests.support import (
     claim_request,

@@ -20,7 +20,8 @@ from typing import Any
 import discount_client
 from discount_client import Claim, DiscountClient
 
-from .settings import Settings
+from ..settings import Settings
+from .common import CommandError
 
 DEFAULT_CHUNK = 100_000
 MAX_REQUEST_ID = 128
@@ -28,25 +29,19 @@ MAX_REQUEST_ID = 128
 CHUNK_TIMEOUT_SECONDS = 120.0
 
 
-def _command_error(message: str) -> Exception:
-    from .cli import CommandError  # cli imports this module; import lazily to avoid a cycle
-
-    return CommandError(message)
-
-
 @contextmanager
 def _client() -> Iterator[DiscountClient]:
     address = os.environ.get("DISCOUNT_ADDRESS") or discount_client.DEFAULT_ADDRESS
     api_key = os.environ.get("DISCOUNT_API_KEY", "")
     if not api_key:
-        raise _command_error("DISCOUNT_API_KEY is not set; create a key with `discount key create --role ...`")
+        raise CommandError("DISCOUNT_API_KEY is not set; create a key with `discount key create --role ...`")
     client = DiscountClient(address, api_key)
     try:
         yield client
     except discount_client.Unavailable as exc:
-        raise _command_error(f"cannot reach the discount service at {address} (DISCOUNT_ADDRESS): {exc}") from None
+        raise CommandError(f"cannot reach the discount service at {address} (DISCOUNT_ADDRESS): {exc}") from None
     except discount_client.DiscountError as exc:
-        raise _command_error(f"{exc.method} failed: {exc.code}: {exc}") from None
+        raise CommandError(f"{exc.method} failed: {exc.code}: {exc}") from None
     finally:
         client.close()
 
@@ -80,7 +75,7 @@ def _parse_expires(raw: str | None) -> datetime | None:
     try:
         value = datetime.fromisoformat(raw)
     except ValueError:
-        raise _command_error(f"--expires {raw!r} is not an ISO 8601 time, e.g. 2030-01-31T23:59:59Z") from None
+        raise CommandError(f"--expires {raw!r} is not an ISO 8601 time, e.g. 2030-01-31T23:59:59Z") from None
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
@@ -93,15 +88,15 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
     from tqdm import tqdm
 
     if args.count < 1:
-        raise _command_error(f"N must be at least 1, got {args.count}")
+        raise CommandError(f"N must be at least 1, got {args.count}")
     if not 1 <= args.chunk_size <= 1_000_000:
-        raise _command_error(f"--chunk-size must be between 1 and 1,000,000, got {args.chunk_size}")
+        raise CommandError(f"--chunk-size must be between 1 and 1,000,000, got {args.chunk_size}")
     expires_at = _parse_expires(args.expires)
     request_id = args.request_id or str(uuid.uuid4())
     chunks = chunk_sizes(args.count, args.chunk_size)
     suffix = len(f"-{len(chunks) - 1}")
     if len(request_id) + suffix > MAX_REQUEST_ID:
-        raise _command_error(
+        raise CommandError(
             f"--request-id must be at most {MAX_REQUEST_ID - suffix} characters for {len(chunks)} chunk(s)"
         )
     generated = 0
@@ -142,7 +137,7 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
         except discount_client.DiscountError as exc:
             if generated == 0 and exc.code in {"INVALID_ARGUMENT", "NOT_FOUND", "PERMISSION_DENIED", "UNAUTHENTICATED"}:
                 raise  # nothing was created: the plain error says it all
-            raise _command_error(
+            raise CommandError(
                 f"GenerateCodes failed after {generated:,} of {args.count:,} codes: {exc.code}: {exc}; {rerun}"
             ) from None
         except KeyboardInterrupt:
@@ -191,7 +186,7 @@ def _on_disconnect(error: discount_client.DiscountError, delay: float, cursor: i
 
 def cmd_watch(args: argparse.Namespace, settings: Settings) -> None:
     if args.after < 0:
-        raise _command_error(f"--after must be at least 0, got {args.after}")
+        raise CommandError(f"--after must be at least 0, got {args.after}")
     render: Callable[[Claim], str]
     if args.json:
         render = lambda claim: json.dumps(_claim_json(claim))  # noqa: E731

@@ -1,0 +1,1 @@
+"""Developer tools on top of the discount service: `discount dev-stack` and `discount dev-token`."""

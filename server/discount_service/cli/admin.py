@@ -1,0 +1,77 @@
+"""`discount brand ...` and `discount key ...`: administer brands and API keys.
+
+They talk to the database directly: they are for operators on the server's host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from .. import validation
+from ..auth import new_api_key
+from ..models import Role
+from ..settings import Settings
+from .common import CommandError, with_store
+
+
+def cmd_brand_create(args: argparse.Namespace, settings: Settings) -> None:
+    brand_id = validation.new_brand_id(args.brand_id)
+    name = validation.brand_name(args.name or brand_id)
+    brand = with_store(settings, lambda store: store.create_brand(brand_id, name))
+    print(f"created brand {brand.brand_id} ({brand.name})")
+
+
+def cmd_brand_list(args: argparse.Namespace, settings: Settings) -> None:
+    brands = with_store(settings, lambda store: store.list_brands())
+    print(f"{'BRAND':<24} {'TOTAL':>10} {'CLAIMED':>10}  NAME")
+    for brand in brands:
+        print(f"{brand.brand_id:<24} {brand.total_codes:>10} {brand.claimed:>10}  {brand.name}")
+
+
+def cmd_key_create(args: argparse.Namespace, settings: Settings) -> None:
+    role = Role(args.role)
+    if role is Role.BRAND and not args.brand:
+        raise CommandError("a brand key needs --brand BRAND_ID")
+    if role is not Role.BRAND and args.brand:
+        raise CommandError(f"--brand only applies to --role brand, not {role.value}")
+    key_id, key, key_hash = new_api_key()
+    with_store(settings, lambda store: store.create_api_key(key_id, key_hash, role, args.brand))
+    scope = f" for brand {args.brand}" if args.brand else ""
+    print(f"created {role.value} key {key_id}{scope}; store it now, it is not shown again:", file=sys.stderr)
+    print(key)
+
+
+def cmd_key_revoke(args: argparse.Namespace, settings: Settings) -> None:
+    if not with_store(settings, lambda store: store.revoke_api_key(args.key_id)):
+        raise CommandError(f"no active key {args.key_id!r}; see `discount key list`")
+    print(f"revoked key {args.key_id}; servers stop accepting it within {settings.key_cache_seconds:g}s")
+
+
+def cmd_key_list(args: argparse.Namespace, settings: Settings) -> None:
+    keys = with_store(settings, lambda store: store.list_api_keys())
+    print(f"{'KEY ID':<14} {'ROLE':<8} {'BRAND':<24} STATUS")
+    for key in keys:
+        status = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+        print(f"{key.key_id:<14} {key.role.value:<8} {key.brand_id or '-':<24} {status}")
+
+
+def add_admin_commands(sub: Any) -> None:  # argparse's subparsers action has no public type
+    """Adds brand and key, each with its subcommands, to the `discount` parser."""
+    brand = sub.add_parser("brand", help="manage brands").add_subparsers(dest="brand_command", required=True)
+    create = brand.add_parser("create", help="create a brand")
+    create.add_argument("brand_id")
+    create.add_argument("--name")
+    create.set_defaults(func=cmd_brand_create)
+    brand.add_parser("list", help="list brands with their code counts").set_defaults(func=cmd_brand_list)
+
+    key = sub.add_parser("key", help="manage API keys").add_subparsers(dest="key_command", required=True)
+    key_create = key.add_parser("create", help="create an API key; prints it as the last line")
+    key_create.add_argument("--role", required=True, choices=[r.value for r in Role if r is not Role.USER])
+    key_create.add_argument("--brand", help="the brand a brand key is bound to")
+    key_create.set_defaults(func=cmd_key_create)
+    revoke = key.add_parser("revoke", help="revoke an API key by its id")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(func=cmd_key_revoke)
+    key.add_parser("list", help="list API keys (ids and roles, never the keys)").set_defaults(func=cmd_key_list)

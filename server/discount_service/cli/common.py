@@ -1,0 +1,38 @@
+"""What every `discount` command shares: the one-line user error and the database helper."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..logs import configure_logging
+from ..settings import Settings
+
+__all__ = ["CommandError", "configure_logging", "replace_settings", "with_store"]
+
+
+class CommandError(Exception):
+    """A one-line error for the user; the CLI prints it and exits 1."""
+
+
+def replace_settings(settings: Settings, **changes: Any) -> Settings:
+    return dataclasses.replace(settings, **changes)
+
+
+def with_store(settings: Settings, action: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Runs `action(store)` on a small, migrated store of the configured database, then closes it."""
+    from ..app import resolve_database_url
+    from ..store import Store
+
+    async def run() -> Any:
+        store = Store(resolve_database_url(settings), min_size=1, max_size=2, timeout=settings.db_timeout_seconds)
+        await store.migrate()
+        await store.open()
+        try:
+            return await action(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
