@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import secrets
 import signal
@@ -16,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +37,14 @@ __all__ = ["DevStackError", "add_dev_commands"]
 
 
 def _wait_for_server(address: str, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from .processes import NotServingError, wait_until_serving
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    try:
+        wait_until_serving(address, timeout, process)
+    except NotServingError:
         if process.poll() is not None:
-            raise DevStackError(f"`discount serve` exited with {process.returncode}; see its output above")
-        with contextlib.suppress(grpc.RpcError), grpc.insecure_channel(address) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        time.sleep(0.2)
-    raise DevStackError(f"`discount serve` on {address} not SERVING after {timeout:g}s")
+            raise DevStackError(f"`discount serve` exited with {process.returncode}; see its output above") from None
+        raise DevStackError(f"`discount serve` on {address} not SERVING after {timeout:g}s") from None
 
 
 def _stop_child(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
