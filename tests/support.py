@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,30 +22,26 @@ from typing import Any
 
 import grpc
 import psycopg
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from discount.v1 import discount_service_pb2 as pb
 from discount.v1 import discount_service_pb2_grpc as pb_grpc
-from discount_service.auth import new_api_key
-from discount_service.models import Role
+from discount_dev import processes
+from discount_dev.postgres import add_codes, execute
+from discount_dev.postgres import create_brand as create_brand
+from discount_dev.postgres import create_key as create_key
+from discount_dev.postgres import with_database as with_database
+from discount_dev.processes import free_port as free_port
 from discount_service.settings import Settings
 from discount_service.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def with_database(url: str, dbname: str) -> str:
-    """The same server URL pointing at another database."""
-    info = psycopg.conninfo.conninfo_to_dict(url)
-    info["dbname"] = dbname
-    return psycopg.conninfo.make_conninfo(**info)  # type: ignore[arg-type]
+# The setup helpers under the names the tests use: `sql` runs a query straight on the database, as
+# a user checking the truth would; `generate_codes_sql` fills a brand with codes (GenerateCodes
+# has its own tests).
+sql = execute
+generate_codes_sql = add_codes
 
 
 _embedded_url: str | None = None
@@ -102,58 +97,6 @@ class Databases:
         for name in [*self._created, self.template]:
             with contextlib.suppress(psycopg.Error):
                 self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def sql(url: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
-    """Runs a query straight on the database, as a user checking the truth would."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        cur = conn.execute(query, params)  # type: ignore[arg-type]
-        return cur.fetchall() if cur.description else []
-
-
-def create_brand(url: str, brand_id: str, name: str = "") -> None:
-    """Test setup straight in SQL (the `discount brand create` command has its own test)."""
-    sql(
-        url,
-        "WITH b AS (INSERT INTO brands (brand_id, name) VALUES (%s, %s) RETURNING brand_key) "
-        "INSERT INTO brand_feed_heads (brand_key) SELECT brand_key FROM b",
-        (brand_id, name or brand_id),
-    )
-
-
-def create_key(url: str, role: str, brand_id: str | None = None) -> str:
-    key_id, key, key_hash = new_api_key()
-    sql(
-        url,
-        "INSERT INTO api_keys (key_id, key_hash, role, brand_key) "
-        "VALUES (%s, %s, %s, (SELECT brand_key FROM brands WHERE brand_id = %s))",
-        (key_id, key_hash, Role(role).value, brand_id),
-    )
-    return key
-
-
-def generate_codes_sql(url: str, brand_id: str, count: int, *, expires_sql: str = "NULL") -> None:
-    """Inserts `count` codes directly (test setup only; the RPC is tested on its own)."""
-    sql(
-        url,
-        f"""
-        WITH b AS (SELECT brand_key FROM brands WHERE brand_id = %(brand)s),
-        batch AS (
-            INSERT INTO code_batches (batch_id, brand_key, generated, code_length, prefix, expires_at)
-            SELECT gen_random_uuid(), brand_key, %(count)s, 12, 'T-', {expires_sql} FROM b
-            RETURNING batch_key, brand_key
-        ), ins AS (
-            INSERT INTO codes (brand_key, batch_key, expires_at, code)
-            SELECT batch.brand_key, batch.batch_key, {expires_sql},
-                   'T-' || upper(substr(md5(random()::text || g::text), 1, 12))
-            FROM batch, generate_series(1, %(count)s) g
-            RETURNING 1
-        )
-        UPDATE brand_feed_heads SET total_codes = total_codes + (SELECT count(*) FROM ins)
-        WHERE brand_key = (SELECT brand_key FROM b)
-        """,
-        {"brand": brand_id, "count": count},
-    )
 
 
 @dataclass
@@ -240,20 +183,7 @@ def start_server_process(
 
 
 def wait_until_serving(handle: ServerHandle, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        if handle.process is not None and handle.process.poll() is not None:
-            raise RuntimeError(f"server exited with {handle.process.returncode}:\n{handle.log_text()}")
-        try:
-            with grpc.insecure_channel(handle.address) as channel:
-                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-        except grpc.RpcError as exc:
-            last = exc
-        time.sleep(0.1)
-    raise TimeoutError(f"server at {handle.address} not SERVING after {timeout}s ({last}):\n{handle.log_text()}")
+    processes.wait_until_serving(handle.address, timeout, handle.process, log_path=handle.log_path)
 
 
 def stop_process(handle: ServerHandle, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:

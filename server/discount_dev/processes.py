@@ -49,8 +49,9 @@ def _rss_of(pid: int) -> int:
     return 0  # a zombie has no VmRSS line
 
 
-def rss_bytes(pid: int, *, children: bool = True) -> int:
-    """Resident memory of `pid` (and, with `children`, of its descendants), in bytes.
+def rss_bytes(pid: int, *, children: bool = False) -> int:
+    """Resident memory of `pid` (and, with `children`, of its live descendants: a server's worker
+    processes), in bytes.
 
     Raises ProcessLookupError if `pid` itself is gone: a memory figure of 0 for a process that died
     would read as "no growth"."""
@@ -75,7 +76,7 @@ def _cpu_of(pid: int) -> float:
         return 0.0
 
 
-def cpu_seconds(pid: int, *, children: bool = True) -> float:
+def cpu_seconds(pid: int, *, children: bool = False) -> float:
     """User + system CPU time used so far by `pid` (and, with `children`, by its live
     descendants); 0 for a process that is gone."""
     pids = process_tree(pid) if children else [pid]

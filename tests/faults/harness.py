@@ -1,7 +1,7 @@
 """What the fault tests share: a claim load that remembers every acknowledged claim, watchers that
 resume from their cursor, and the invariant check every fault test ends with.
 
-The invariants (issue 6), checked from the database AND from a fresh WatchClaims stream from 0:
+The invariants, checked from the database AND from a fresh WatchClaims stream from 0:
 - no code was given to two users;
 - no user holds two codes of a brand;
 - every claim whose success a client saw is present, with the same code.
@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
 import subprocess
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from discount.v1 import discount_service_pb2 as pb
 from discount.v1 import discount_service_pb2_grpc as pb_grpc
+from discount_dev.postgres import PrivatePostgres
 from tests.support import claim_request, sql
 
 # A call that got one of these may or may not have committed; the client retries the same user.
@@ -267,22 +264,6 @@ async def health_status(address: str) -> int:
         return int(reply.status)
 
 
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (0 if it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def bytes_sent_by_server(port: int) -> dict[int, int]:
     """Per client port, the bytes the server at 127.0.0.1:`port` has sent on that TCP connection
     (from the kernel's tcp_info, via `ss`)."""
@@ -308,42 +289,9 @@ def backend_pids(url: str) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
-class OwnPostgres:
-    """A PostgreSQL server of this test's own (Debian PostgreSQL 15 binaries, temp data dir, free
-    port), so the test can stop and start it without touching the machine's shared server.
-
-    As root, it runs as the `postgres` OS user, since PostgreSQL refuses to run as root."""
-
-    BIN = Path(os.environ.get("DISCOUNT_PG_BIN", "/usr/lib/postgresql/15/bin"))
+class OwnPostgres(PrivatePostgres):
+    """A PostgreSQL server of the test's own on `port`, so the test can stop and start it without
+    touching the machine's shared server; durability is not under test, so fsync is off."""
 
     def __init__(self, port: int) -> None:
-        self.port = port
-        self.root = Path(tempfile.mkdtemp(prefix="discount-own-pg-"))
-        self.data = self.root / "data"
-        self.log = self.root / "postgres.log"
-        self._as_user: list[str] = []
-        if os.geteuid() == 0:
-            shutil.chown(self.root, "postgres", "postgres")
-            self._as_user = ["runuser", "-u", "postgres", "--"]
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _run(self, *args: str) -> None:
-        subprocess.run([*self._as_user, *args], check=True, capture_output=True, timeout=60)
-
-    def init(self) -> None:
-        self._run(str(self.BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-
-    def start(self) -> None:
-        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c max_connections=60 -c fsync=off"
-        self._run(str(self.BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start")
-
-    def stop(self, mode: str = "fast") -> None:
-        self._run(str(self.BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
-
-    def cleanup(self) -> None:
-        with contextlib.suppress(Exception):
-            self.stop("immediate")
-        shutil.rmtree(self.root, ignore_errors=True)
+        super().__init__(port=port, settings={"max_connections": "60", "fsync": "off"}, prefix="discount-own-pg-")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import ClaimLoad, Watcher, backend_pids, check_invariants, cpu_seconds
+from discount_dev.processes import cpu_seconds
+from tests.faults.harness import ClaimLoad, Watcher, backend_pids, check_invariants
 from tests.support import ROOT, create_brand, create_key, generate_codes_sql, sql, start_server_process, stop_process
 
 pytestmark = pytest.mark.timeout(60)

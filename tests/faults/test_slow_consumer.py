@@ -30,8 +30,9 @@ import pytest
 
 from discount.v1 import discount_service_pb2 as pb
 from discount.v1 import discount_service_pb2_grpc as pb_grpc
+from discount_dev.processes import cpu_seconds, rss_bytes
 from discount_service.feed import TAIL_SIZE
-from tests.faults.harness import ClaimLoad, Watcher, bytes_sent_by_server, check_invariants, cpu_seconds, rss_bytes
+from tests.faults.harness import ClaimLoad, Watcher, bytes_sent_by_server, check_invariants
 from tests.support import create_brand, create_key, generate_codes_sql, sql, start_server_process, stop_process
 
 # DISCOUNT_SLOW_CONSUMER_SECONDS=30 runs the full 30 s (see the module docstring).
