@@ -1,9 +1,9 @@
-"""gRPC transport: protobuf <-> domain calls, and domain errors -> status codes, once, here."""
+"""gRPC transport: protobuf <-> domain calls, and domain errors -> status codes, once, here
+(`status_for`). The hand-made encoding of watch responses lives in encoding.py."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,7 +17,8 @@ from discount.v1 import discount_service_pb2 as pb
 
 from . import errors
 from .auth import Authenticator
-from .models import Claim, Principal
+from .encoding import EncodedClaims, claim_to_proto
+from .models import Principal
 from .service import DiscountService
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,21 @@ STATUS_FOR_ERROR: dict[type[errors.DiscountError], grpc.StatusCode] = {
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
+
+
+def status_for(method: str, exc: Exception) -> tuple[grpc.StatusCode, str]:
+    """The status code and message a call that raised `exc` answers with, unary and streaming
+    alike. Logs what an operator must see: an outage as a warning, an unexpected error in full."""
+    if isinstance(exc, errors.DiscountError):
+        code = STATUS_FOR_ERROR.get(type(exc), grpc.StatusCode.INTERNAL)
+        if code is grpc.StatusCode.UNAVAILABLE:
+            log.warning("%s unavailable: %s", method, exc.__cause__ or exc)
+        return code, str(exc)
+    if isinstance(exc, TimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, f"{method} did not finish within its deadline"
+    log.error("%s failed", method, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, "internal error; it has been logged"
+
 
 # Called with (method, status code name, seconds) after every call; metrics.py plugs in here.
 CallObserver = Callable[[str, str, float], None]
@@ -54,20 +70,6 @@ def _lenient_parser(message_type: type[Message]) -> Callable[[bytes], Message | 
     return parse
 
 
-def claim_to_proto(claim: Claim) -> pb.Claim:
-    message = pb.Claim(
-        sequence=claim.sequence,
-        brand_id=claim.brand_id,
-        code=claim.code,
-        user_id=claim.user_id,
-        email=claim.email,
-    )
-    message.claimed_at.FromDatetime(claim.claimed_at)
-    if claim.expires_at is not None:
-        message.expires_at.FromDatetime(claim.expires_at)
-    return message
-
-
 def _metadata(context: Context, key: str) -> str | None:
     for name, value in context.invocation_metadata() or ():
         if name == key:
@@ -76,61 +78,6 @@ def _metadata(context: Context, key: str) -> str | None:
 
 
 MAX_CLAIMS_PER_RESPONSE = 1000  # keeps a response far below the 1 MiB message limit
-
-
-def _length_delimited(field_tag: int, payload: bytes) -> bytes:
-    """One protobuf length-delimited field: tag, varint length, bytes."""
-    size, length = len(payload), bytearray()
-    while size > 0x7F:
-        length.append((size & 0x7F) | 0x80)
-        size >>= 7
-    length.append(size)
-    return bytes((field_tag,)) + bytes(length) + payload
-
-
-class EncodedClaims:
-    """Each claim encoded once and shared as bytes by every watcher that streams it: the feed
-    hands all watchers of a brand the same Claim objects, so fan-out costs one protobuf encoding
-    per event instead of one per watcher (docs/performance.md).
-
-    Per claim it keeps two ready-made pieces of a WatchClaimsResponse: field 1 (`claim`, a whole
-    response on its own) and one element of field 2 (`claims`); a batched response is just the
-    concatenation of its claims' elements."""
-
-    _CLAIM_TAG = 0x0A  # field 1, wire type 2
-    _CLAIMS_TAG = 0x12  # field 2, wire type 2
-
-    def __init__(self, size: int = 8192) -> None:
-        self._size = size
-        # id(claim) -> (claim, single, element); holding the claim keeps its id from being reused.
-        self._entries: dict[int, tuple[Claim, bytes, bytes]] = {}
-        self._last_batch: tuple[list[Claim], bytes] | None = None
-
-    def _get(self, claim: Claim) -> tuple[Claim, bytes, bytes]:
-        entry = self._entries.get(id(claim))
-        if entry is not None and entry[0] is claim:
-            return entry
-        body = claim_to_proto(claim).SerializeToString()
-        entry = (claim, _length_delimited(self._CLAIM_TAG, body), _length_delimited(self._CLAIMS_TAG, body))
-        if len(self._entries) >= self._size:  # drop the oldest quarter (dicts keep insertion order)
-            for key in list(itertools.islice(self._entries, self._size // 4)):
-                del self._entries[key]
-        self._entries[id(claim)] = entry
-        return entry
-
-    def single(self, claim: Claim) -> bytes:
-        """A WatchClaimsResponse with `claim` set."""
-        return self._get(claim)[1]
-
-    def batch(self, claims: list[Claim]) -> bytes:
-        """A WatchClaimsResponse with `claims` set to these claims. The feed hands every caught-up
-        watcher the same list, so the last one's encoding is kept and reused."""
-        last = self._last_batch
-        if last is not None and last[0] is claims:
-            return last[1]
-        encoded = b"".join([self._get(claim)[2] for claim in claims])
-        self._last_batch = (claims, encoded)
-        return encoded
 
 
 T = TypeVar("T")
@@ -172,18 +119,9 @@ class DiscountServicer:
                 timeout = self._default_timeout
             async with asyncio.timeout(timeout):
                 return await handler(await self._principal(context))
-        except errors.DiscountError as exc:
-            code = STATUS_FOR_ERROR.get(type(exc), grpc.StatusCode.INTERNAL)
-            if code is grpc.StatusCode.UNAVAILABLE:
-                log.warning("%s unavailable: %s", method, exc.__cause__ or exc)
-            await context.abort(code, str(exc))
-        except TimeoutError:
-            code = grpc.StatusCode.DEADLINE_EXCEEDED
-            await context.abort(code, f"{method} did not finish within its deadline")
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("%s failed", method)
-            await context.abort(code, "internal error; it has been logged")
+        except Exception as exc:  # noqa: BLE001 - every failure gets a status; status_for logs the unexpected
+            code, message = status_for(method, exc)
+            await context.abort(code, message)
         finally:
             if self._observe is not None:
                 self._observe(method, code.name, time.perf_counter() - started)
@@ -261,13 +199,9 @@ class DiscountServicer:
                 else:
                     for start in range(0, len(run), per_response):
                         yield self._encoded.batch(run[start : start + per_response])
-        except errors.DiscountError as exc:
-            code = STATUS_FOR_ERROR.get(type(exc), grpc.StatusCode.INTERNAL)
-            await context.abort(code, str(exc))
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("WatchClaims failed")
-            await context.abort(code, "internal error; it has been logged")
+        except Exception as exc:  # noqa: BLE001 - every failure gets a status; status_for logs the unexpected
+            code, message = status_for("WatchClaims", exc)
+            await context.abort(code, message)
         finally:
             if self._observe is not None:
                 self._observe("WatchClaims", code.name, time.perf_counter() - started)
