@@ -1,4 +1,4 @@
--- The schema as migrations/0001..0005 leave it, in one place, to read what runs today.
+-- The schema as the migrations (migrations/*.sql) leave it, in one place, to read what runs today.
 --
 -- Nothing applies this file: databases are built and upgraded by the migrations only (Store.migrate,
 -- `discount migrate`). Keep it in step with them: a new migration changes this file in the same
