@@ -1,38 +1,94 @@
 """Domain errors. The store raises them from database errors; the servicer maps them to gRPC
-status codes. Nothing else crosses a boundary."""
+status codes and to the rich error details (google.rpc.ErrorInfo, BadRequest). Nothing else
+crosses a boundary.
+
+Each error carries a stable `reason` (UPPER_SNAKE_CASE, the ErrorInfo reason callers switch on)
+and, for a bad field, the field's name. The message is for people and is safe to show to the
+caller; the reason is for programs and never changes for an error once published.
+"""
+
+from __future__ import annotations
 
 
 class DiscountError(Exception):
     """Base class; the message is safe to show to the caller."""
 
+    reason = "INTERNAL"
+
+    def __init__(self, message: str, *, reason: str | None = None, metadata: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+        # Extra machine-readable facts for ErrorInfo.metadata (e.g. the brand_id); never secrets.
+        self.metadata: dict[str, str] = dict(metadata or {})
+
 
 class InvalidArgument(DiscountError):
     """The request is malformed; retrying it unchanged will fail again."""
+
+    reason = "INVALID_FIELD"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str = "",
+        reason: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        # The offending request field (google.rpc.BadRequest.FieldViolation.field); empty if the
+        # request as a whole is bad (an unparsable body).
+        self.field = field
 
 
 class NotFound(DiscountError):
     """The brand (or key) does not exist."""
 
+    reason = "BRAND_NOT_FOUND"
+
 
 class AlreadyExists(DiscountError):
     """The brand already exists."""
+
+    reason = "BRAND_ALREADY_EXISTS"
 
 
 class NoCodesLeft(DiscountError):
     """The brand has no available, unexpired code."""
 
+    reason = "NO_CODES_LEFT"
+
 
 class FailedPrecondition(DiscountError):
     """The request is valid but cannot be done in the current state."""
+
+    reason = "FAILED_PRECONDITION"
+
+
+class IdempotencyKeyReused(FailedPrecondition):
+    """A request_id was used before with different parameters; `field` names the first that differs."""
+
+    reason = "IDEMPOTENCY_KEY_REUSED"
+
+    def __init__(self, message: str, *, field: str, metadata: dict[str, str] | None = None) -> None:
+        super().__init__(message, metadata=metadata)
+        self.field = field
 
 
 class Unauthenticated(DiscountError):
     """No credential, or one that is unknown, revoked, expired or forged."""
 
+    reason = "UNAUTHENTICATED"
+
 
 class PermissionDenied(DiscountError):
     """The credential is valid but does not allow this call."""
 
+    reason = "PERMISSION_DENIED"
+
 
 class Unavailable(DiscountError):
     """The database is unreachable; the call changed nothing it acknowledged and may be retried."""
+
+    reason = "DATABASE_UNAVAILABLE"
