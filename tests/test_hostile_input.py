@@ -5,11 +5,14 @@ request body, against one real `discount serve` process.
 The only allowed results are OK, INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED,
 FAILED_PRECONDITION, UNAUTHENTICATED and PERMISSION_DENIED; never INTERNAL or UNKNOWN. After each
 test the server is still SERVING, its log holds no traceback, and the brand's stats equal exactly
-what the successful calls did (rejected calls changed nothing).
+what the successful calls did (rejected calls changed nothing). Apart from those, a server of its
+own takes a short hostile session and its log is read as an operator reads it.
 """
 
 from __future__ import annotations
 
+import re
+import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psycopg
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -359,9 +363,98 @@ def test_the_maximum_message_size_is_enforced(target: Target) -> None:
     assert raised.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
 
 
-def test_health_and_log_after_the_attack(checked: Target) -> None:
-    """Runs last in this module: the checks of the `checked` fixture, once more, after everything."""
-    assert Path(checked.handle.log_path or "").exists()
+# One event per line, as logs.py writes it: "<date> <time>,<ms> <LEVEL> <logger> <message>".
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+) (?P<logger>[\w.]+) (?P<message>.*)")
+
+
+def test_the_log_after_hostile_calls_names_the_failure_and_holds_no_secret(database_url: str, tmp_path: Path) -> None:
+    """What an operator reads after an attack, in the log of a server of its own: one line per
+    event from start to stop, the call that failed on the server's side named once, no error and no
+    traceback, and none of the secrets or shopper data the callers sent."""
+    create_brand(database_url, BRAND)
+    generate_codes_sql(database_url, BRAND, 10)
+    keys = {
+        "admin": create_key(database_url, "admin"),
+        "service": create_key(database_url, "service"),
+        "brand": create_key(database_url, "brand", BRAND),
+    }
+    marker = f"hostile{secrets.token_hex(4)}"  # in every caller-chosen value below
+    wrong_secret = f"{marker}{secrets.token_urlsafe(24)}"
+    forged_key = keys["admin"].rsplit("_", 1)[0] + "_" + wrong_secret  # a real key's id, a wrong secret
+    token = f"eyJhbGciOiJub25lIn0.eyJzdWIiOiJ{marker}In0."  # the server has no JWT secret set
+    shopper = f"{marker}-shopper\u2028forged"  # a line separator is allowed in a user id
+    email = f"{marker}@example.com"
+    handle = start_server_process(
+        database_url,
+        log_path=tmp_path / "server.log",
+        admin_key=keys["admin"],
+        # lock_timeout: a claim stuck behind a lock fails on the server's side (UNAVAILABLE) instead
+        # of running into the caller's deadline, so the log has a failing call to report.
+        extra_env={"DISCOUNT_LOG_LEVEL": "INFO", "PGOPTIONS": "-c lock_timeout=500"},
+    )
+    try:
+        with grpc.insecure_channel(handle.address) as channel:
+            stub = pb_grpc.DiscountServiceStub(channel)
+
+            def refused(method: Any, request: Any, md: tuple[tuple[str, str], ...]) -> grpc.StatusCode:
+                with pytest.raises(grpc.RpcError) as raised:
+                    method(request, metadata=md, timeout=10)
+                return raised.value.code()  # type: ignore[attr-defined,no-any-return]
+
+            claim = pb.ClaimCodeRequest(brand_id=BRAND, user_id=shopper, email=email)
+            unauthenticated = grpc.StatusCode.UNAUTHENTICATED
+            assert refused(stub.ClaimCode, claim, (("x-api-key", forged_key),)) is unauthenticated
+            assert refused(stub.ClaimCode, claim, (("x-api-key", f"dsk_{marker}_{wrong_secret}"),)) is unauthenticated
+            stats = pb.GetBrandStatsRequest(brand_id=BRAND)
+            assert refused(stub.GetBrandStats, stats, (("authorization", f"Bearer {token}"),)) is unauthenticated
+            generate = pb.GenerateCodesRequest(brand_id=BRAND, count=5)
+            service = (("x-api-key", keys["service"]),)
+            assert refused(stub.GenerateCodes, generate, service) is grpc.StatusCode.PERMISSION_DENIED
+            forged_line = f"{marker}\n2099-01-01 00:00:00,000 ERROR discount_service forged"
+            for bad in (
+                pb.ClaimCodeRequest(brand_id=BRAND, user_id=forged_line, email=email),
+                pb.ClaimCodeRequest(brand_id=BRAND, user_id=shopper, email=f"{email}\r\n{forged_line}"),
+                pb.ClaimCodeRequest(brand_id=forged_line, user_id=shopper, email=email),
+            ):
+                assert refused(stub.ClaimCode, bad, service) is grpc.StatusCode.INVALID_ARGUMENT
+            raw = channel.unary_unary(SERVICE + "ClaimCode")
+            assert (
+                refused(raw, _string_field(2, marker.encode() + b"\xff\xfe"), service)
+                is grpc.StatusCode.INVALID_ARGUMENT
+            )
+            too_big = pb.GetBrandStatsRequest(brand_id=marker * (MAX_MESSAGE // len(marker) + 1))
+            assert refused(stub.GetBrandStats, too_big, service) is grpc.StatusCode.RESOURCE_EXHAUSTED
+            batch = stub.GenerateCodes(generate, metadata=(("x-api-key", keys["brand"]),), timeout=10)
+
+            # The failing call: the brand's feed-head row is held (say, by an operator's open
+            # transaction), so the claim gives up after lock_timeout. Once released, it goes through.
+            with psycopg.connect(database_url) as holder:
+                holder.execute("SELECT 1 FROM brand_feed_heads FOR UPDATE")
+                assert refused(stub.ClaimCode, claim, service) is grpc.StatusCode.UNAVAILABLE
+            reply = stub.ClaimCode(claim, metadata=service, timeout=10)
+            assert (reply.claim.user_id, reply.claim.sequence, reply.newly_claimed) == (shopper, 1, True)
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        assert stop_process(handle) == 0
+
+    text = handle.log_text()
+    assert text.endswith("\n"), text[-500:]
+    lines = text.removesuffix("\n").split("\n")
+    events = [LOG_LINE.fullmatch(line) for line in lines]
+    assert all(events), [line for line, match in zip(lines, events, strict=True) if not match]
+    messages = [(e["level"], e["message"]) for e in events if e]
+    # The whole life of the server, from listening to stopped.
+    assert any(f"listening on {handle.address}" in m for _, m in messages), messages
+    assert messages[-1] == ("INFO", "stopped"), messages
+    assert ("INFO", f"generated batch={batch.batch_id} brand={BRAND} count=5") in messages
+    warnings = [m for level, m in messages if level != "INFO"]
+    assert len(warnings) == 1 and warnings[0].startswith("ClaimCode unavailable: "), messages
+    assert "lock timeout" in warnings[0]
+    assert "Traceback" not in text
+    # No credential (the real keys, the forged one, the token) and nothing a caller chose.
+    for secret in [*keys.values(), forged_key, wrong_secret, token, marker, shopper, email]:
+        assert secret not in text, secret
 
 
 async def test_the_server_deadline_cuts_a_long_call_and_leaves_nothing_behind(database_url: str) -> None:
