@@ -46,7 +46,7 @@ def new_brand_id(value: str) -> str:
 def brand_name(value: str) -> str:
     if len(value) > MAX_BRAND_NAME or _has_control_characters(value):
         raise InvalidArgument(
-            f"name must be at most {MAX_BRAND_NAME} characters with no control characters", field="name"
+            f"name must be at most {MAX_BRAND_NAME} characters with no control characters", field="display_name"
         )
     return value
 
