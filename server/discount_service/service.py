@@ -44,26 +44,29 @@ class DiscountService:
         validation.brand_id(brand_id)
         require_brand_access(principal, brand_id)
         if not 1 <= count <= MAX_GENERATE:
-            raise errors.InvalidArgument(f"count must be between 1 and {MAX_GENERATE:,}, got {count:,}")
+            raise errors.InvalidArgument(f"count must be between 1 and {MAX_GENERATE:,}, got {count:,}", field="count")
         validation.request_id(request_id)
         length = code_length or codes.DEFAULT_LENGTH
         if not codes.MIN_LENGTH <= length <= codes.MAX_LENGTH:
             raise errors.InvalidArgument(
                 f"code_length must be between {codes.MIN_LENGTH} and {codes.MAX_LENGTH} "
-                f"(0 means {codes.DEFAULT_LENGTH})"
+                f"(0 means {codes.DEFAULT_LENGTH})",
+                field="code_length",
             )
         if not codes.PREFIX_PATTERN.fullmatch(prefix):
             raise errors.InvalidArgument(
-                f"prefix must be at most {codes.MAX_PREFIX} characters of A-Z, 0-9 and '-', got {prefix[:32]!r}"
+                f"prefix must be at most {codes.MAX_PREFIX} characters of A-Z, 0-9 and '-', got {prefix[:32]!r}",
+                field="prefix",
             )
         if not codes.space_is_safe(count, length):
             raise errors.InvalidArgument(
                 f"code space too small: {count:,} codes of length {length} would fill more than "
                 f"{codes.MAX_SPACE_FRACTION:.2%} of the {codes.code_space(length):,} possible codes; "
-                f"use code_length >= {codes.minimum_safe_length(count)}"
+                f"use code_length >= {codes.minimum_safe_length(count)}",
+                field="code_length",
             )
         if expires_at is not None and expires_at <= datetime.now(UTC):
-            raise errors.InvalidArgument("expires_at must be in the future")
+            raise errors.InvalidArgument("expires_at must be in the future", field="expires_at")
 
         if request_id:
             found = await self._store.find_batch(brand_id, request_id)
