@@ -17,11 +17,12 @@ trap 'rm -rf "$py_out"' EXIT
   --python_out="$py_out" \
   --pyi_out="$py_out" \
   --grpc_python_out="$py_out" \
-  protos/discount/v1/discount_service.proto
-for stale in clients/discount/v1/discount_service_pb2*.py clients/discount/v1/discount_service_pb2*.pyi; do
+  protos/discount/v1/discount_service.proto \
+  protos/discount/v1/admin_service.proto
+for stale in clients/discount/v1/*_pb2*.py clients/discount/v1/*_pb2*.pyi; do
   [ -e "$py_out/discount/v1/$(basename "$stale")" ] || rm -f "$stale"
 done
-mv -f "$py_out"/discount/v1/discount_service_pb2* clients/discount/v1/
+mv -f "$py_out"/discount/v1/*_pb2* clients/discount/v1/
 
 # TypeScript stubs for the web page (web/src/gen), from the local protoc-gen-es in web/node_modules
 # (scripts/setup.d/40-browser.sh installs it). buf's remote plugins need a network we do not have.
