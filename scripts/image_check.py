@@ -71,7 +71,7 @@ def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.C
 
 
 def mb(size: int) -> str:
-    return f"{size / 1e6:.0f} MB"
+    return f"{size / 1e6:.0f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
 
 
 # -- the database the containers use -----------------------------------------------------------
@@ -115,6 +115,7 @@ class PrivatePostgres:
 class Container:
     name: str
     listen: str
+    started: float
 
     @classmethod
     def start(cls, image: str, *args: str, env: dict[str, str] | None = None) -> Container:
@@ -122,7 +123,7 @@ class Container:
         name = f"discount-check-{RUN}-{uuid.uuid4().hex[:4]}"
         env_args = [f"--env={k}={v}" for k, v in {"DISCOUNT_LISTEN": listen, **(env or {})}.items()]
         podman("run", "--detach", "--name", name, "--network", "host", *env_args, *args, image)
-        return cls(name, listen)
+        return cls(name, listen, time.monotonic())
 
     def state(self, field: str) -> str:
         return podman("inspect", "--format", "{{" + field + "}}", self.name).stdout.strip()
@@ -252,7 +253,8 @@ dot_git = []
 for top in ("/opt", "/var", "/home", "/root", "/srv", "/src", "/usr", "/etc", "/tmp"):
     for d, dirs, _ in os.walk(top):
         dot_git += [os.path.join(d, x) for x in dirs if x == ".git"]
-build_files = [os.path.join(d, f) for d, _, fs in os.walk("/opt/discount") for f in fs if f.endswith((".h", ".a"))]
+build_files = [os.path.join(d, f) for d, _, fs in os.walk("/opt/discount") for f in fs if f.endswith(".a")]
+build_files += [d for d, _, _ in os.walk("/opt/discount") if d.endswith("pginstall/include")]
 print(json.dumps({
     "dists": sorted(d.metadata["Name"] for d in m.distributions()),
     "compilers": [c for c in compilers if shutil.which(c)],
@@ -281,12 +283,12 @@ print(json.dumps({
         if seen["dot_git"] or seen["src"]:
             problems.append(f"sources in the image: .git {seen['dot_git']}, /src {seen['src']}")
         if seen["build_files"]:
-            problems.append(f"headers or static libraries in /opt/discount, e.g. {seen['build_files']}")
+            problems.append(f"static libraries or PostgreSQL headers in /opt/discount, e.g. {seen['build_files']}")
         ensure(not problems, "; ".join(problems))
         return (
             "no compiler or build tool on PATH (gcc, cc, c++, clang, ld, make, ecpg, ...), "
             f"none of the {len(development_distributions())} test/dev distributions, no pip/setuptools, no .git, "
-            f"no sources, no headers or static libraries; {len(installed)} distributions installed, "
+            f"no sources, no static libraries or PostgreSQL headers; {len(installed)} distributions installed, "
             "no discount_dev/tests/bench modules"
         )
 
@@ -326,19 +328,26 @@ print(json.dumps({
         server, _ = self.serving()
         interval = self.health["Interval"] / 1e9
         retries = int(self.health["Retries"])
+        # Failures within the start period do not count (podman ignores them even after a success).
+        start_period = self.health["StartPeriod"] / 1e9
+        time.sleep(max(0.0, server.started + start_period - time.monotonic()))
+        ensure(server.healthcheck(), "not healthy before the database stopped")
         db.stop()
-        stopped = time.monotonic()
-        while server.healthcheck():
-            ensure(time.monotonic() - stopped < interval, f"still healthy {interval:.0f} s after the database stopped")
-            time.sleep(0.25)
-        failing_after = time.monotonic() - stopped
-        runs = 1
-        while server.state(".State.Health.Status") != "unhealthy" and runs <= retries:
-            ensure(not server.healthcheck(), "healthy again while the database is down")
-            runs += 1
-        status = server.state(".State.Health.Status")
-        ensure(status == "unhealthy", f"podman reports {status!r} after {runs} failing checks")
-        db.start()
+        try:
+            stopped = time.monotonic()
+            while server.healthcheck():
+                ensure(time.monotonic() - stopped < interval, f"healthy {interval:.0f} s after the database stopped")
+                time.sleep(0.25)
+            failing_after = time.monotonic() - stopped
+            runs = 1
+            while server.state(".State.Health.Status") != "unhealthy" and runs <= retries:
+                ensure(not server.healthcheck(), "healthy again while the database is down")
+                runs += 1
+            status = server.state(".State.Health.Status")
+            streak = server.state(".State.Health.FailingStreak")
+            ensure(status == "unhealthy", f"podman reports {status!r} after {runs} failing runs (streak {streak})")
+        finally:
+            db.start()
         back = time.monotonic()
         while not server.healthcheck():
             ensure(time.monotonic() - back < interval, f"not healthy {interval:.0f} s after the database came back")
@@ -355,7 +364,8 @@ print(json.dumps({
         server, service = self.serving()
         grace = 10.0  # DISCOUNT_SHUTDOWN_GRACE_SECONDS's default, which the container runs with
         calls, exit_code, stop_seconds, stop_sent = asyncio.run(claim_burst_and_stop(server, service))
-        in_flight = [c for c in calls if c.started < stop_sent]
+        sent_before = [c for c in calls if c.started < stop_sent]
+        in_flight = [c for c in sent_before if c.ended > stop_sent]
         after = [c for c in calls if c.started >= stop_sent]
         ok = [c for c in calls if c.status == "OK"]
         failed = [c for c in calls if c.status != "OK"]
@@ -367,21 +377,22 @@ print(json.dumps({
             ).splitlines()
         )
         lost = [c.user for c in ok if rows.get(c.user) != c.code]
-        in_flight_failed = [f"{c.user}: {c.status}" for c in in_flight if c.status != "OK"]
+        in_flight_failed = [f"{c.user}: {c.status}" for c in sent_before if c.status != "OK"]
         wrong_status = sorted({c.status for c in failed} - {"UNAVAILABLE", "CANCELLED"})
         refused_but_stored = [c.user for c in failed if c.user in rows]
         ensure(exit_code == 0, f"exit code {exit_code} after podman stop ({stop_seconds:.1f} s): {server.logs()}")
         ensure(stop_seconds < grace, f"podman stop took {stop_seconds:.1f} s, the grace period is {grace:.0f} s")
         ensure(len(in_flight) > 0, "no claim was in flight when the stop was sent")
-        ensure(not in_flight_failed, f"calls in flight at the stop failed: {in_flight_failed[:5]}")
+        ensure(not in_flight_failed, f"calls sent before the stop failed: {in_flight_failed[:5]}")
         ensure(not lost, f"acknowledged claims missing from the database: {lost[:5]}")
         ensure(not wrong_status, f"calls failed with {wrong_status}")
         ensure(not refused_but_stored, f"refused calls that claimed anyway: {refused_but_stored[:5]}")
         return (
-            f"exit 0 {stop_seconds:.1f} s after podman stop (grace {grace:.0f} s); {len(in_flight)} claims sent "
-            f"before the stop all OK; {len(ok)} acknowledged in all, every one in the database with its code; "
-            f"{len(after) - sum(c.status == 'OK' for c in after)} sent after it refused "
-            f"({', '.join(sorted({c.status for c in failed})) or 'none'}), none of them claimed"
+            f"exit 0 {stop_seconds:.1f} s after podman stop (grace {grace:.0f} s); {len(sent_before)} claims sent "
+            f"before the stop ({len(in_flight)} in flight at it) all OK; {len(ok)} acknowledged in all, every one "
+            f"in the database with its code; of {len(after)} sent after it, {len(after) - len(failed)} served while "
+            f"draining and {len(failed)} refused ({', '.join(sorted({c.status for c in failed})) or '-'}), "
+            "none of which claimed"
         )
 
     # Embedded PostgreSQL -----------------------------------------------------------------------
@@ -424,8 +435,8 @@ print(json.dumps({
     # Size --------------------------------------------------------------------------------------
     def size(self) -> str:
         def layers(image: str) -> list[tuple[int, str]]:
-            out = podman("history", "--format", "{{json .}}", image).stdout.splitlines()
-            return [(int(row["size"]), str(row["CreatedBy"])) for row in map(json.loads, out)]
+            rows = json.loads(podman("history", "--format", "json", image).stdout)
+            return [(int(row["size"]), str(row["CreatedBy"])) for row in rows]
 
         image_layers, base_layers = layers(self.image), layers(self.base)
         ensure(image_layers[-len(base_layers) :] == base_layers, f"{self.image} is not built on {self.base}")
@@ -458,6 +469,7 @@ class Call:
     started: float
     status: str = ""
     code: str = ""
+    ended: float = 0.0
 
 
 async def claim_burst_and_stop(server: Container, service: str) -> tuple[list[Call], int, float, float]:
@@ -482,6 +494,8 @@ async def claim_burst_and_stop(server: Container, service: str) -> tuple[list[Ca
             except grpc.aio.AioRpcError as e:
                 call.status = e.code().name
                 return
+            finally:
+                call.ended = time.monotonic()
 
     channels = [grpc.aio.insecure_channel(server.listen, options=options) for _ in range(4)]
     try:
@@ -553,9 +567,10 @@ def main() -> int:
             with private_postgres(work) as db:
                 checks.check("serves on an external database", lambda: checks.external_database(db))
                 checks.check("ClaimCode through grpcurl, the claim in the database", lambda: checks.claim(db))
+                # Runs while the HEALTHCHECK's start period of the server above passes.
+                checks.check("embedded PostgreSQL by default, data in a volume", checks.embedded)
                 checks.check("HEALTHCHECK follows the database", lambda: checks.health_follows_database(db))
                 checks.check("podman stop: exit 0, no in-flight claim lost", lambda: checks.sigterm(db))
-            checks.check("embedded PostgreSQL by default, data in a volume", checks.embedded)
             checks.check("image and layer sizes", checks.size)
         finally:
             checks.cleanup()
