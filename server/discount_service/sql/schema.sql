@@ -42,6 +42,17 @@ CREATE TABLE api_keys (
     CHECK ((role = 'brand') = (brand_key IS NOT NULL))
 );
 
+-- ListApiKeys of one brand pages through that brand's keys in key_id order.
+CREATE INDEX api_keys_brand ON api_keys (brand_key, key_id) WHERE brand_key IS NOT NULL;
+
+-- Secrets every server of this database shares and never sends anywhere. `page_token` (made by
+-- migration 0006 from the database's strong random source) signs AdminService page tokens, so a
+-- token a caller made up is refused and any replica can continue a listing another one started.
+CREATE TABLE server_secrets (
+    name    text PRIMARY KEY,
+    secret  bytea NOT NULL CHECK (length(secret) >= 32)
+);
+
 -- One row per GenerateCodes call; the unique (brand_key, request_id) makes a retried call wait for
 -- the first one and then return its batch instead of generating twice.
 CREATE TABLE code_batches (
