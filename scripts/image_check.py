@@ -244,6 +244,28 @@ class Checks:
         ensure(uid != "0", f"a container runs as uid {uid}")
         return f"USER {user}; a container runs as uid {uid} ({name})"
 
+    def configuration(self) -> str:
+        config = json.loads(podman("image", "inspect", "--format", "{{json .Config}}", self.image).stdout)
+        env = dict(item.split("=", 1) for item in config.get("Env") or [])
+        problems = []
+        if env.get("DISCOUNT_LISTEN") != "0.0.0.0:50051":
+            problems.append(f"DISCOUNT_LISTEN={env.get('DISCOUNT_LISTEN')}")
+        if "50051/tcp" not in (config.get("ExposedPorts") or {}):
+            problems.append(f"exposed ports {config.get('ExposedPorts')}")
+        if env.get("DISCOUNT_DATA_DIR") not in (config.get("Volumes") or {}):
+            problems.append(
+                f"DISCOUNT_DATA_DIR {env.get('DISCOUNT_DATA_DIR')} is not a volume: {config.get('Volumes')}"
+            )
+        if config.get("StopSignal") not in ("SIGTERM", "15"):
+            problems.append(f"stop signal {config.get('StopSignal')}")
+        if not self.health or not self.health.get("Test"):
+            problems.append("no HEALTHCHECK (built without --format docker?)")
+        ensure(not problems, "; ".join(problems))
+        return (
+            f"listens on {env['DISCOUNT_LISTEN']}, exposes 50051/tcp, data volume {env['DISCOUNT_DATA_DIR']}, "
+            f"stop signal {config['StopSignal']}, HEALTHCHECK every {self.health['Interval'] / 1e9:.0f} s"
+        )
+
     # Contents ----------------------------------------------------------------------------------
     def contents(self) -> str:
         probe = r"""
@@ -563,6 +585,7 @@ def main() -> int:
         checks = Checks(args.image, args.base, args.build_seconds, work)
         try:
             checks.check("runs as a non-root user", checks.non_root)
+            checks.check("configuration: port, volume, stop signal, HEALTHCHECK", checks.configuration)
             checks.check("no compilers, test dependencies or .git in the image", checks.contents)
             with private_postgres(work) as db:
                 checks.check("serves on an external database", lambda: checks.external_database(db))
