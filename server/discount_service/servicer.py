@@ -1,17 +1,22 @@
-"""gRPC transport: protobuf <-> domain calls, and domain errors -> status codes, once, here
-(`status_for`). The hand-made encoding of watch responses lives in encoding.py."""
+"""gRPC transport: protobuf <-> domain calls, and domain errors -> status codes with the rich
+error details, once, here (`status_for`). The hand-made encoding of watch responses lives in
+encoding.py."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf.message import Message
+from google.rpc.error_details_pb2 import BadRequest, ErrorInfo
+from google.rpc.status_pb2 import Status
+from grpc_status import rpc_status
 
 from discount.v1 import discount_service_pb2 as pb
 
@@ -37,18 +42,57 @@ STATUS_FOR_ERROR: dict[type[errors.DiscountError], grpc.StatusCode] = {
 }
 
 
-def status_for(method: str, exc: Exception) -> tuple[grpc.StatusCode, str]:
-    """The status code and message a call that raised `exc` answers with, unary and streaming
-    alike. Logs what an operator must see: an outage as a warning, an unexpected error in full."""
+# google.rpc.ErrorInfo.domain of every error this service returns (AIP-193): the reason is
+# unique within it.
+ERROR_DOMAIN = "discount.v1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """How a failed call answers: its status code and message for people, and for programs the
+    reason (ErrorInfo.reason), the offending field (BadRequest) and facts (ErrorInfo.metadata)."""
+
+    code: grpc.StatusCode
+    message: str
+    reason: str
+    field: str = ""
+    metadata: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def status(self) -> Status:
+        """The google.rpc.Status that travels in the `grpc-status-details-bin` trailer."""
+        status = Status(code=self.code.value[0], message=self.message)
+        status.details.add().Pack(ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata))
+        # Every bad request, and any other failure that names a field (a reused request_id with a
+        # different count), says which field in a BadRequest: one place for clients to look.
+        if self.code is grpc.StatusCode.INVALID_ARGUMENT or self.field:
+            violation = BadRequest.FieldViolation(field=self.field, description=self.message, reason=self.reason)
+            status.details.add().Pack(BadRequest(field_violations=[violation]))
+        return status
+
+    async def abort(self, context: Context) -> NoReturn:
+        """Ends the call with this status, its details in the trailers (the standard encoding that
+        grpcurl, the gRPC libraries and connect-web read); the same for unary and streaming calls,
+        before or after a stream's first message."""
+        status = rpc_status.to_status(self.status())
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def status_for(method: str, exc: Exception) -> Failure:
+    """How a call that raised `exc` answers, unary and streaming alike. Logs what an operator must
+    see: an outage as a warning, an unexpected error in full."""
     if isinstance(exc, errors.DiscountError):
-        code = STATUS_FOR_ERROR.get(type(exc), grpc.StatusCode.INTERNAL)
+        # The most specific mapped class: IdempotencyKeyReused is a FailedPrecondition.
+        mapped = (STATUS_FOR_ERROR.get(cls) for cls in type(exc).__mro__)
+        code = next((c for c in mapped if c is not None), grpc.StatusCode.INTERNAL)
         if code is grpc.StatusCode.UNAVAILABLE:
             log.warning("%s unavailable: %s", method, exc.__cause__ or exc)
-        return code, str(exc)
+        return Failure(code, str(exc), exc.reason, getattr(exc, "field", ""), exc.metadata)
     if isinstance(exc, TimeoutError):
-        return grpc.StatusCode.DEADLINE_EXCEEDED, f"{method} did not finish within its deadline"
+        return Failure(
+            grpc.StatusCode.DEADLINE_EXCEEDED, f"{method} did not finish within its deadline", "DEADLINE_EXCEEDED"
+        )
     log.error("%s failed", method, exc_info=exc)
-    return grpc.StatusCode.INTERNAL, "internal error; it has been logged"
+    return Failure(grpc.StatusCode.INTERNAL, "internal error; it has been logged", "INTERNAL")
 
 
 # Called with (method, status code name, seconds) after every call; metrics.py plugs in here.
@@ -110,7 +154,7 @@ class DiscountServicer:
         handler: Callable[[Principal], Awaitable[T]],
     ) -> T:
         started = time.perf_counter()
-        code = grpc.StatusCode.OK
+        failure: Failure | None = None
         try:
             if isinstance(request, MalformedRequest):
                 raise errors.InvalidArgument("the request body is not a valid protobuf message")
@@ -120,12 +164,33 @@ class DiscountServicer:
             async with asyncio.timeout(timeout):
                 return await handler(await self._principal(context))
         except Exception as exc:  # noqa: BLE001 - every failure gets a status; status_for logs the unexpected
-            code, message = status_for(method, exc)
-            await context.abort(code, message)
+            failure = status_for(method, exc)
+            await failure.abort(context)
         finally:
-            if self._observe is not None:
-                self._observe(method, code.name, time.perf_counter() - started)
+            self._finished(method, context, started, failure)
         raise AssertionError("unreachable: abort raises")
+
+    def _finished(self, method: str, context: Context, started: float, failure: Failure | None) -> None:
+        """Every call ends here, unary and streaming: one log line (a failure at INFO, a success at
+        DEBUG) and the metrics. The line holds the reason and field but never the message or
+        anything else the caller sent (user ids, emails, brand ids can be anything), nor a
+        credential: the peer address identifies the caller."""
+        seconds = time.perf_counter() - started
+        code = grpc.StatusCode.OK if failure is None else failure.code
+        if failure is not None:
+            log.info(
+                "%s failed: %s reason=%s%s peer=%s duration_ms=%.1f",
+                method,
+                code.name,
+                failure.reason,
+                f" field={failure.field}" if failure.field else "",
+                context.peer(),
+                seconds * 1000,
+            )
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug("%s OK peer=%s duration_ms=%.1f", method, context.peer(), seconds * 1000)
+        if self._observe is not None:
+            self._observe(method, code.name, seconds)
 
     async def GenerateCodes(self, request: Any, context: Context) -> pb.GenerateCodesResponse:
         async def handle(principal: Principal) -> pb.GenerateCodesResponse:
@@ -134,7 +199,9 @@ class DiscountServicer:
                 try:
                     expires_at = request.expires_at.ToDatetime(tzinfo=UTC)
                 except (ValueError, OverflowError) as exc:
-                    raise errors.InvalidArgument(f"expires_at is not a valid timestamp: {exc}") from None
+                    raise errors.InvalidArgument(
+                        f"expires_at is not a valid timestamp: {exc}", field="expires_at"
+                    ) from None
             result = await self._service.generate_codes(
                 principal,
                 brand_id=request.brand_id,
@@ -178,7 +245,7 @@ class DiscountServicer:
     async def WatchClaims(self, request: Any, context: Context) -> AsyncIterator[bytes]:
         """Yields encoded WatchClaimsResponse messages (registered with a pass-through serializer)."""
         started = time.perf_counter()
-        code = grpc.StatusCode.OK
+        failure: Failure | None = None
         try:
             if isinstance(request, MalformedRequest):
                 raise errors.InvalidArgument("the request body is not a valid protobuf message")
@@ -200,11 +267,10 @@ class DiscountServicer:
                     for start in range(0, len(run), per_response):
                         yield self._encoded.batch(run[start : start + per_response])
         except Exception as exc:  # noqa: BLE001 - every failure gets a status; status_for logs the unexpected
-            code, message = status_for("WatchClaims", exc)
-            await context.abort(code, message)
+            failure = status_for("WatchClaims", exc)
+            await failure.abort(context)
         finally:
-            if self._observe is not None:
-                self._observe("WatchClaims", code.name, time.perf_counter() - started)
+            self._finished("WatchClaims", context, started, failure)
 
 
 def add_to_server(servicer: DiscountServicer, server: grpc.aio.Server) -> None:
