@@ -128,20 +128,20 @@ T = TypeVar("T")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-class DiscountServicer:
+class CallHandling:
+    """What every servicer of this server shares: the caller's credential, the unary call's
+    deadline, the one mapping of failures to statuses, and one log line and metric per call."""
+
     def __init__(
         self,
-        service: DiscountService,
         authenticator: Authenticator,
         *,
         default_timeout: float = 30.0,
         observe: CallObserver | None = None,
     ) -> None:
-        self._service = service
         self._auth = authenticator
         self._default_timeout = default_timeout
         self._observe = observe
-        self._encoded = EncodedClaims()
 
     async def _principal(self, context: Context) -> Principal:
         return await self._auth.authenticate(_metadata(context, "x-api-key"), _metadata(context, "authorization"))
@@ -191,6 +191,20 @@ class DiscountServicer:
             log.debug("%s OK peer=%s duration_ms=%.1f", method, context.peer(), seconds * 1000)
         if self._observe is not None:
             self._observe(method, code.name, seconds)
+
+
+class DiscountServicer(CallHandling):
+    def __init__(
+        self,
+        service: DiscountService,
+        authenticator: Authenticator,
+        *,
+        default_timeout: float = 30.0,
+        observe: CallObserver | None = None,
+    ) -> None:
+        super().__init__(authenticator, default_timeout=default_timeout, observe=observe)
+        self._service = service
+        self._encoded = EncodedClaims()
 
     async def GenerateCodes(self, request: Any, context: Context) -> pb.GenerateCodesResponse:
         async def handle(principal: Principal) -> pb.GenerateCodesResponse:
