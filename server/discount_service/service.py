@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from . import codes, errors, validation
@@ -15,7 +16,7 @@ from .auth import require_brand_access, require_claim_access
 from .claim_batcher import ClaimBatcher
 from .feed import ClaimFeed
 from .models import BrandStats, Claim, ClaimOutcome, ClaimResult, GenerateResult, Principal
-from .store import Store
+from .store import BatchRow, Store
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class DiscountService:
         expires_at: datetime | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> GenerateResult:
-        validation.brand_id(brand_id)
+        brand_id = validation.brand_id(brand_id)
         require_brand_access(principal, brand_id)
         if not 1 <= count <= MAX_GENERATE:
             raise errors.InvalidArgument(f"count must be between 1 and {MAX_GENERATE:,}, got {count:,}", field="count")
@@ -68,11 +69,13 @@ class DiscountService:
         if expires_at is not None and expires_at <= datetime.now(UTC):
             raise errors.InvalidArgument("expires_at must be in the future", field="expires_at")
 
+        asked = _BatchParameters(count=count, prefix=prefix, code_length=length, expires_at=expires_at)
         if request_id:
             found = await self._store.find_batch(brand_id, request_id)
             if found is not None:
-                return await self._generated(brand_id, *found)
-        batch_id, generated = await self._store.generate_codes(
+                _check_repeat(brand_id, request_id, found, asked)
+                return await self._generated(brand_id, found.batch_id, found.generated)
+        batch, created = await self._store.generate_codes(
             brand_id=brand_id,
             request_id=request_id or None,
             count=count,
@@ -82,16 +85,19 @@ class DiscountService:
             make_codes=lambda n: codes.make_codes(n, length, prefix),
             on_progress=on_progress,
         )
-        log.info("generated batch=%s brand=%s count=%d", batch_id, brand_id, generated)
-        return await self._generated(brand_id, batch_id, generated)
+        if not created:  # a concurrent first call with this request_id made the batch
+            _check_repeat(brand_id, request_id, batch, asked)
+        else:
+            log.info("generated batch=%s brand=%s count=%d", batch.batch_id, brand_id, batch.generated)
+        return await self._generated(brand_id, batch.batch_id, batch.generated)
 
     async def _generated(self, brand_id: str, batch_id: str, generated: int) -> GenerateResult:
         stats = await self._stats(brand_id)
         return GenerateResult(brand_id=brand_id, batch_id=batch_id, generated=generated, available=stats.available)
 
     async def claim_code(self, principal: Principal, *, brand_id: str, user_id: str, email: str) -> ClaimResult:
-        validation.brand_id(brand_id)
-        validation.user_id(user_id)
+        brand_id = validation.brand_id(brand_id)
+        user_id = validation.user_id(user_id)
         validation.email(email)
         require_claim_access(principal, user_id, email)
         row = await self._claims.claim(brand_id, user_id, email)
@@ -103,7 +109,7 @@ class DiscountService:
         return ClaimResult(claim=row.claim, newly_claimed=row.outcome is ClaimOutcome.CLAIMED)
 
     async def brand_stats(self, principal: Principal, *, brand_id: str) -> BrandStats:
-        validation.brand_id(brand_id)
+        brand_id = validation.brand_id(brand_id)
         require_brand_access(principal, brand_id)
         return await self._stats(brand_id)
 
@@ -123,9 +129,47 @@ class DiscountService:
         self, principal: Principal, *, brand_id: str, after_sequence: int
     ) -> AsyncIterator[list[Claim]]:
         """Checks the request, then returns the claim stream (so errors surface before streaming)."""
-        validation.brand_id(brand_id)
+        brand_id = validation.brand_id(brand_id)
         require_brand_access(principal, brand_id)
         brand_key = await self._store.brand_key(brand_id)
         if brand_key is None:
             raise errors.NotFound(f"brand {brand_id!r} does not exist")
         return self._feed.watch(brand_id, brand_key, after_sequence)
+
+
+@dataclass(frozen=True)
+class _BatchParameters:
+    """What a GenerateCodes call asks for, with code_length 0 already made the default."""
+
+    count: int
+    prefix: str
+    code_length: int
+    expires_at: datetime | None
+
+
+def _check_repeat(brand_id: str, request_id: str, first: BatchRow, asked: _BatchParameters) -> None:
+    """A repeated request_id is a retry only if it asks for what the first call asked for; otherwise
+    returning the first batch would silently ignore the new parameters (IdempotencyKeyReused names
+    the first field that differs, in the order count, prefix, code_length, expires_at)."""
+    recorded = _BatchParameters(
+        count=first.generated, prefix=first.prefix, code_length=first.code_length, expires_at=first.expires_at
+    )
+    for name in ("count", "prefix", "code_length", "expires_at"):
+        was, now = getattr(recorded, name), getattr(asked, name)
+        if was != now:
+            raise errors.IdempotencyKeyReused(
+                f"request_id {request_id!r} was first used with {_describe(name, was)}; "
+                f"this call has {_describe(name, now)}: use a new request_id",
+                field=name,
+                metadata={"brand_id": brand_id, "request_id": request_id},
+            )
+
+
+def _describe(name: str, value: object) -> str:
+    if isinstance(value, datetime):
+        return f"{name} {value.astimezone(UTC).isoformat().replace('+00:00', 'Z')}"
+    if value is None or value == "":
+        return f"no {name}"
+    if isinstance(value, int):
+        return f"{name} {value:,}"
+    return f"{name} {value!r}"

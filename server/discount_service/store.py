@@ -93,6 +93,17 @@ class ClaimRow:
 
 
 @dataclass(frozen=True)
+class BatchRow:
+    """A GenerateCodes batch as recorded: its id and the parameters it was made with."""
+
+    batch_id: str
+    generated: int
+    code_length: int
+    prefix: str
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
 class StatsRow:
     total: int
     claimed: int
@@ -333,9 +344,12 @@ class Store:
 
     # -- generation --------------------------------------------------------------------------
 
-    async def find_batch(self, brand_id: str, request_id: str) -> tuple[str, int] | None:
+    async def find_batch(self, brand_id: str, request_id: str) -> BatchRow | None:
         rows = await self._fetch("find_batch", {"brand_id": brand_id, "request_id": request_id}, retry=True)
-        return (str(rows[0][0]), int(rows[0][1])) if rows else None
+        if not rows:
+            return None
+        batch_id, generated, code_length, prefix, expires_at = rows[0]
+        return BatchRow(str(batch_id), int(generated), int(code_length), str(prefix), expires_at)
 
     async def generate_codes(
         self,
@@ -348,13 +362,14 @@ class Store:
         expires_at: datetime | None,
         make_codes: Callable[[int], list[str]],
         on_progress: Callable[[int], None] | None = None,
-    ) -> tuple[str, int]:
-        """Inserts exactly `count` new codes in one transaction and returns (batch_id, generated).
+    ) -> tuple[BatchRow, bool]:
+        """Inserts exactly `count` new codes in one transaction; returns (the batch, True).
 
         Codes stream to COPY in chunks, so memory stays bounded. A collision (with the brand's
         existing codes or within the batch) aborts the fast path; the exact path then stages
         candidates and tops up until `count` new codes went in. A concurrent call with the same
-        request_id waits on the batch's unique key and then returns the first call's batch.
+        request_id waits on the batch's unique key, creates nothing and returns (the first call's
+        batch, False), for the caller to compare its parameters with.
         """
         batch_id = str(uuid.uuid4())
         with translate_errors():
@@ -395,9 +410,9 @@ class Store:
                     if request_id and exc.diag.constraint_name == "code_batches_brand_key_request_id_key":
                         found = await self.find_batch(brand_id, request_id)
                         if found is not None:
-                            return found
+                            return found, False
                     raise
-        return batch_id, count
+        return BatchRow(batch_id, count, code_length, prefix, expires_at), True
 
     async def _copy_direct(
         self,

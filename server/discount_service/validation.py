@@ -23,18 +23,50 @@ def _has_control_characters(value: str) -> bool:
     return any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value)
 
 
-def brand_id(value: str) -> str:
-    """An existing brand's id, as sent by callers: 1..64 characters, no control characters."""
+# Identifiers name one person or one brand, so two values that look the same must be the same value:
+# they are compared and stored in Unicode NFC (composed) form, and what a person cannot see is
+# refused rather than silently removed: surrounding whitespace, control characters (Cc), format
+# characters (Cf: zero-width spaces, bidi overrides) and lone surrogates (Cs).
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs"})
+
+
+def _describe(ch: str) -> str:
+    name = unicodedata.name(ch, "")
+    return f"U+{ord(ch):04X} {name}" if name else f"U+{ord(ch):04X}"
+
+
+def _visible_text(field: str, value: str) -> None:
+    """Refuses an empty or blank value, surrounding whitespace and invisible characters in `field`."""
     if not value:
-        raise InvalidArgument("brand_id is required", field="brand_id")
-    if len(value) > MAX_BRAND_ID:
-        raise InvalidArgument(f"brand_id must be at most {MAX_BRAND_ID} characters", field="brand_id")
-    if _has_control_characters(value):
-        raise InvalidArgument("brand_id must not contain control characters", field="brand_id")
+        raise InvalidArgument(f"{field} is required", field=field)
+    if not value.strip():
+        raise InvalidArgument(f"{field} must not be only whitespace", field=field)
+    if value[0].isspace() or value[-1].isspace():
+        raise InvalidArgument(f"{field} must not start or end with whitespace", field=field)
+    for ch in value:
+        if unicodedata.category(ch) in _INVISIBLE_CATEGORIES:
+            raise InvalidArgument(
+                f"{field} must not contain control or invisible format characters (found {_describe(ch)})",
+                field=field,
+            )
+
+
+def identifier(field: str, value: str, max_length: int) -> str:
+    """A user_id or brand_id as it is compared and stored: NFC, visible, at most `max_length` characters."""
+    _visible_text(field, value)
+    value = unicodedata.normalize("NFC", value)
+    if len(value) > max_length:
+        raise InvalidArgument(f"{field} must be at most {max_length} characters", field=field)
     return value
 
 
+def brand_id(value: str) -> str:
+    """An existing brand's id, as sent by callers (see `identifier`); returns it in NFC."""
+    return identifier("brand_id", value, MAX_BRAND_ID)
+
+
 def new_brand_id(value: str) -> str:
+    value = brand_id(value)
     if not BRAND_ID_PATTERN.fullmatch(value):
         raise InvalidArgument(
             "brand_id must be 1..64 characters of A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or digit",
@@ -52,18 +84,12 @@ def brand_name(value: str) -> str:
 
 
 def user_id(value: str) -> str:
-    if not value:
-        raise InvalidArgument("user_id is required", field="user_id")
-    if len(value) > MAX_USER_ID:
-        raise InvalidArgument(f"user_id must be at most {MAX_USER_ID} characters", field="user_id")
-    if _has_control_characters(value):
-        raise InvalidArgument("user_id must not contain control characters", field="user_id")
-    return value
+    """The user a claim is for (see `identifier`); returns it in NFC, the form it is stored in."""
+    return identifier("user_id", value, MAX_USER_ID)
 
 
 def email(value: str) -> str:
-    if not value:
-        raise InvalidArgument("email is required", field="email")
+    _visible_text("email", value)
     if len(value) > MAX_EMAIL:
         raise InvalidArgument(f"email must be at most {MAX_EMAIL} characters", field="email")
     if not EMAIL_PATTERN.fullmatch(value):

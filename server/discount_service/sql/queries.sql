@@ -69,8 +69,9 @@ ORDER BY f.code_key LIMIT 1
 FOR UPDATE SKIP LOCKED;
 
 -- name: find_batch
--- The batch an earlier GenerateCodes call with this request_id made, if any.
-SELECT b.batch_id, b.generated
+-- The batch an earlier GenerateCodes call with this request_id made, if any, with the parameters
+-- it was made with (a repeat must match them).
+SELECT b.batch_id, b.generated, b.code_length, b.prefix, b.expires_at
 FROM code_batches b JOIN brands USING (brand_key)
 WHERE brands.brand_id = %(brand_id)s AND b.request_id = %(request_id)s;
 
