@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,24 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _seconds(env: Mapping[str, str], name: str, default: float, maximum: float) -> float:
+    """A duration in seconds that may be 0, up to `maximum`."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number of seconds") from None
+    if not (math.isfinite(value) and 0 <= value <= maximum):
+        raise SettingsError(f"{name}={raw} must be between 0 and {maximum:g} seconds")
+    return value
+
+
+# More skew than this between a sign-in service and this server is a broken clock, not a setting.
+MAX_JWT_LEEWAY_SECONDS = 300.0
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server needs to start. Build it with `Settings.from_env()`."""
@@ -69,6 +88,8 @@ class Settings:
     jwt_algorithm: str = "HS256"
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
+    # Clock skew tolerated on a shopper token's exp (and nbf/iat): it works this long after it expired.
+    jwt_leeway_seconds: float = 5.0
     log_level: str = "INFO"
 
     @classmethod
@@ -116,5 +137,8 @@ class Settings:
             jwt_algorithm=env.get("DISCOUNT_JWT_ALGORITHM") or cls.jwt_algorithm,
             jwt_issuer=env.get("DISCOUNT_JWT_ISSUER") or None,
             jwt_audience=env.get("DISCOUNT_JWT_AUDIENCE") or None,
+            jwt_leeway_seconds=_seconds(
+                env, "DISCOUNT_JWT_LEEWAY_SECONDS", cls.jwt_leeway_seconds, MAX_JWT_LEEWAY_SECONDS
+            ),
             log_level=(env.get("DISCOUNT_LOG_LEVEL") or cls.log_level).upper(),
         )

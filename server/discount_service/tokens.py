@@ -2,26 +2,26 @@
 
 The token is checked against one configured key (an HS256 shared secret, or an RS256/ES256 public key in PEM),
 with only that algorithm accepted, so a token cannot choose how it is verified (no `none`, no HS/RS confusion).
-`exp` and `sub` are required; `iss` and `aud` are checked when configured. The shopper may then only claim
-for themself (see `auth.require_claim_access`).
+`exp` and `sub` are required; `exp` is honoured with DISCOUNT_JWT_LEEWAY_SECONDS of clock skew, and
+`iss` and `aud` are checked when configured. `sub` is a user_id under the same rules as ClaimCode's
+(validation.user_id, NFC), so a shopper may then only claim for themself (see `auth.require_claim_access`).
 """
 
 from __future__ import annotations
 
 import time
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
 
-from . import errors
+from . import errors, validation
 from .models import Principal, Role
 from .settings import Settings, SettingsError
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 PUBLIC_KEY_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"})
-# Clock skew tolerated between the token issuer and this server.
-LEEWAY_SECONDS = 30
 # An HS256 secret shorter than this is guessable offline from any token it signed.
 MIN_SECRET_BYTES = 32
 _MAX_TOKEN_CHARS = 8192
@@ -35,7 +35,8 @@ class JwtVerifier:
     algorithm: str
     issuer: str | None = None
     audience: str | None = None
-    leeway: float = LEEWAY_SECONDS
+    # Clock skew tolerated between the token issuer and this server (DISCOUNT_JWT_LEEWAY_SECONDS).
+    leeway: float = Settings.jwt_leeway_seconds
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JwtVerifier:
@@ -72,7 +73,13 @@ class JwtVerifier:
         else:
             supported = ", ".join(sorted(HMAC_ALGORITHMS | PUBLIC_KEY_ALGORITHMS))
             raise SettingsError(f"DISCOUNT_JWT_ALGORITHM={settings.jwt_algorithm!r} is not one of {supported}")
-        return cls(key=key, algorithm=algorithm, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+        return cls(
+            key=key,
+            algorithm=algorithm,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            leeway=settings.jwt_leeway_seconds,
+        )
 
     def __call__(self, token: str) -> Principal:
         claims = self.decode(token)
@@ -122,6 +129,10 @@ class JwtVerifier:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub.strip():
             raise errors.Unauthenticated("the bearer token's sub claim must be a non-empty string")
+        try:
+            claims["sub"] = validation.user_id(sub)
+        except errors.InvalidArgument as exc:
+            raise errors.Unauthenticated(f"the bearer token's sub claim is not a valid user_id: {exc}") from None
         return claims
 
 
@@ -137,7 +148,7 @@ def mint_token(
 ) -> str:
     """An HS256 shopper token for local testing (`discount dev-token`); real tokens come from your sign-in."""
     now = int(time.time())
-    claims: dict[str, Any] = {"sub": user_id, "iat": now, "exp": now + ttl_seconds}
+    claims: dict[str, Any] = {"sub": unicodedata.normalize("NFC", user_id), "iat": now, "exp": now + ttl_seconds}
     if email:
         claims["email"] = email
     if issuer:
