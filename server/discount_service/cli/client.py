@@ -176,12 +176,50 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> None:
         _print(f"{name:<10} {getattr(stats, name):,}")
 
 
-def _on_disconnect(error: discount_client.DiscountError, delay: float, cursor: int) -> None:
-    print(
-        f"discount: watch: {error.code}: {error}; reconnecting in {delay:.1f}s, resuming after sequence {cursor}",
-        file=sys.stderr,
-        flush=True,
-    )
+# gRPC's own details for a transport failure contain these words; anything else under UNAVAILABLE
+# is the server's message (e.g. about its database), worth passing on.
+_CANNOT_CONNECT = ("failed to connect", "connection refused", "connect failed", "dns resolution failed")
+_CONNECTION_LOST = ("socket closed", "connection reset", "broken pipe", "goaway", "end of stream", "rst_stream")
+
+
+class _DisconnectReport:
+    """Says on stderr, in words, why the watch stream stopped and when it reconnects.
+
+    The common cases (the server ended the stream because it is stopping, nothing listens at the
+    address) get a sentence each, without gRPC status names; a failure that repeats while the
+    server is down says "still"."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.previous = ""
+
+    def __call__(self, error: discount_client.DiscountError, delay: float, cursor: int) -> None:
+        what = self.describe(error)
+        still = "still " if what == self.previous and not what.startswith("the server closed") else ""
+        self.previous = what
+        print(
+            f"discount: watch: {still}{what}; reconnecting in {delay:.1f}s, resuming after sequence {cursor}…",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def describe(self, error: discount_client.DiscountError) -> str:
+        message = str(error)
+        if error.code == "OK":
+            return "the server closed the stream (it may be restarting)"
+        if any(words in message.lower() for words in _CANNOT_CONNECT):
+            return f"cannot reach the server at {self.address}"
+        if any(words in message.lower() for words in _CONNECTION_LOST):
+            return f"lost the connection to the server at {self.address}"
+        if error.code == "UNAVAILABLE":
+            return f"the server at {self.address} is unavailable: {message}"
+        if error.code == "DEADLINE_EXCEEDED":
+            return f"the server at {self.address} did not answer in time"
+        if error.code == "CANCELLED":
+            return "the stream was cancelled on the way (by a proxy or the server)"
+        if error.code == "RESOURCE_EXHAUSTED":
+            return f"the server is overloaded: {message}"
+        return f"the stream broke: {message}"
 
 
 def cmd_watch(args: argparse.Namespace, settings: Settings) -> None:
@@ -194,9 +232,10 @@ def cmd_watch(args: argparse.Namespace, settings: Settings) -> None:
         render = lambda claim: "\t".join(  # noqa: E731
             [str(claim.sequence), _iso(claim.claimed_at) or "", claim.code, claim.user_id, claim.email]
         )
+    address = os.environ.get("DISCOUNT_ADDRESS") or discount_client.DEFAULT_ADDRESS
     with _client() as client:
         try:
-            for claim in client.watch_claims(args.brand_id, args.after, on_disconnect=_on_disconnect):
+            for claim in client.watch_claims(args.brand_id, args.after, on_disconnect=_DisconnectReport(address)):
                 _print(render(claim))
         except BrokenPipeError:
             # The reader went away (e.g. `| head`): stop quietly, without a traceback at exit.
