@@ -13,8 +13,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
+from discount.v1 import admin_service_pb2 as admin_pb
 from discount.v1 import discount_service_pb2 as pb
 
+from .admin import AdminService
+from .admin_servicer import ADMIN_SERVICE_NAME, AdminServicer, add_admin_to_server
 from .auth import Authenticator
 from .feed import ClaimFeed
 from .metrics import Metrics
@@ -79,6 +82,7 @@ class DiscountServer:
                 status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
                 await self.health.set("", status)
                 await self.health.set(SERVICE_NAME, status)
+                await self.health.set(ADMIN_SERVICE_NAME, status)
                 log.info(
                     "database %s: health %s", "reachable" if ok else "unreachable", "SERVING" if ok else "NOT_SERVING"
                 )
@@ -159,10 +163,24 @@ async def create_server(
         ),
         server,
     )
+    add_admin_to_server(
+        AdminServicer(
+            AdminService(store, on_key_revoked=authenticator.forget_key),
+            authenticator,
+            default_timeout=settings.default_call_timeout_seconds,
+            observe=observe,
+        ),
+        server,
+    )
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (pb.DESCRIPTOR.services_by_name["DiscountService"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME),
+        (
+            pb.DESCRIPTOR.services_by_name["DiscountService"].full_name,
+            admin_pb.DESCRIPTOR.services_by_name["AdminService"].full_name,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        ),
         server,
     )
     credentials = _server_credentials(settings)

@@ -46,6 +46,9 @@ class Authenticator:
         self._lookup = lookup
         self._cache_seconds = cache_seconds
         self._cache: dict[bytes, tuple[Principal | None, float]] = {}
+        # Bumped by forget_key: a lookup that was in flight meanwhile may have read the key before
+        # its revocation, so its result is used once but not cached.
+        self._revocations = 0
         self._jwt_verifier = jwt_verifier
 
     async def authenticate(self, api_key: str | None, authorization: str | None = None) -> Principal:
@@ -67,6 +70,7 @@ class Authenticator:
         if cached is not None and cached[1] > now:
             principal = cached[0]
         else:
+            revocations = self._revocations
             found = await self._lookup(digest)
             principal = None
             if found is not None:
@@ -75,12 +79,27 @@ class Authenticator:
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
             ttl = self._cache_seconds if principal else min(self._cache_seconds, _NEGATIVE_CACHE_SECONDS)
-            self._cache[digest] = (principal, now + ttl)
+            if revocations == self._revocations:
+                self._cache[digest] = (principal, now + ttl)
         # Both the cache and the database compare SHA-256 digests, never the key itself, so the
         # time a guess takes says nothing about how much of a real key it matches.
         if principal is None:
             raise errors.Unauthenticated("unknown or revoked API key")
         return principal
+
+    def forget_key(self, key_id: str) -> None:
+        """Drops a key from this server's cache at once (it was just revoked here); other servers
+        drop it within `key_cache_seconds`."""
+        self._revocations += 1
+        for digest, (principal, _) in list(self._cache.items()):
+            if principal is not None and principal.key_id == key_id:
+                del self._cache[digest]
+
+
+def require_admin(principal: Principal) -> None:
+    """Admin keys only (AdminService)."""
+    if principal.role is not Role.ADMIN:
+        raise errors.PermissionDenied(f"a {principal.role.value} credential cannot do this; use an admin key")
 
 
 def require_brand_access(principal: Principal, brand_id: str) -> None:

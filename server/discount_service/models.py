@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 
 class Role(StrEnum):
@@ -84,3 +87,20 @@ class BrandStats:
     available: int
     claimed: int
     expired: int
+
+
+@dataclass(frozen=True)
+class NewApiKey:
+    """A key just created: what is stored about it, and the key itself, shown to its creator once.
+    The secret is left out of repr, so logging the record cannot leak it."""
+
+    key: ApiKeyInfo
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a listing; `next_page_token` is empty on the last page."""
+
+    items: list[T]
+    next_page_token: str

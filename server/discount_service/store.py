@@ -34,8 +34,9 @@ GENERATION_CHUNK = 50_000
 
 def _load_queries() -> dict[str, str]:
     """name -> statement, from the `-- name:` blocks of sql/queries.sql, without each block's
-    leading description comment and final semicolon (so a statement can be embedded, e.g. after
-    `PREPARE name AS` or `EXPLAIN`)."""
+    leading description comment, final semicolon and any comment after it (a section heading
+    before the next block), so a statement can be embedded, e.g. after `PREPARE name AS` or
+    `EXPLAIN`."""
     text = resources.files(__package__).joinpath("sql/queries.sql").read_text()
     queries: dict[str, str] = {}
     for block in re.split(r"^-- name: ", text, flags=re.MULTILINE)[1:]:
@@ -43,6 +44,8 @@ def _load_queries() -> dict[str, str]:
         lines = body.strip().splitlines()
         while lines and lines[0].startswith("--"):
             lines.pop(0)
+        while lines and (lines[-1].startswith("--") or not lines[-1].strip()):
+            lines.pop()
         queries[name.strip()] = "\n".join(lines).strip().rstrip(";")
     return queries
 
@@ -481,6 +484,52 @@ class Store:
         """(brand_id, claimable codes) of every brand, for the metrics endpoint."""
         rows = await self._fetch("codes_available", {}, retry=True)
         return [(str(r[0]), int(r[1])) for r in rows]
+
+    # -- AdminService ------------------------------------------------------------------------
+
+    async def brands_after(self, after: str, limit: int) -> list[Brand]:
+        """Up to `limit` brands whose brand_id sorts after `after`, in brand_id order."""
+        rows = await self._fetch("admin_list_brands", {"after": after, "limit": limit}, retry=True)
+        return [Brand(brand_id=r[0], name=r[1], created_at=r[2]) for r in rows]
+
+    async def insert_api_key(self, key_id: str, key_hash: bytes, role: Role, brand_id: str | None) -> ApiKeyInfo | None:
+        """Stores a new key; None (and nothing stored) if `brand_id` names no brand."""
+        rows = await self._fetch(
+            "admin_insert_api_key", {"key_id": key_id, "key_hash": key_hash, "role": role.value, "brand_id": brand_id}
+        )
+        return _api_key(rows[0]) if rows else None
+
+    async def revoke_api_key_returning(self, key_id: str) -> ApiKeyInfo | None:
+        """Revokes the key if it is active; returns it as it now is (revoked_at of its first
+        revocation), or None if there is no such key."""
+        rows = await self._fetch("admin_revoke_api_key", {"key_id": key_id}, retry=True)
+        if not rows:
+            # Unknown or revoked before. A separate statement, so it sees a concurrent revocation
+            # that made the update above find nothing.
+            rows = await self._fetch("admin_get_api_key", {"key_id": key_id}, retry=True)
+        return _api_key(rows[0]) if rows else None
+
+    async def api_keys_after(self, after: str, limit: int, *, brand_key: int | None = None) -> list[ApiKeyInfo]:
+        """Up to `limit` keys (of one brand when `brand_key` is given) whose key_id sorts after
+        `after`, in key_id order."""
+        if brand_key is None:
+            rows = await self._fetch("admin_list_api_keys", {"after": after, "limit": limit}, retry=True)
+        else:
+            params = {"brand_key": brand_key, "after": after, "limit": limit}
+            rows = await self._fetch("admin_list_brand_api_keys", params, retry=True)
+        return [_api_key(r) for r in rows]
+
+    async def page_token_secret(self) -> bytes:
+        """The database's secret for signing page tokens (made by migration 0006)."""
+        rows = await self._fetch("admin_page_token_secret", {}, retry=True)
+        if not rows:
+            raise errors.FailedPrecondition("the database has no page-token secret; run `discount migrate`")
+        return bytes(rows[0][0])
+
+
+def _api_key(row: tuple[Any, ...]) -> ApiKeyInfo:
+    key_id, role, brand_id, created_at, revoked_at = row
+    return ApiKeyInfo(key_id=key_id, role=Role(role), brand_id=brand_id, created_at=created_at, revoked_at=revoked_at)
 
 
 def _claim_row(brand_id: str, user_id: str, row: tuple[Any, ...]) -> ClaimRow:

@@ -189,3 +189,58 @@ SELECT version FROM schema_migrations;
 -- name: record_migration
 -- Marks a version applied, in the transaction that applied it.
 INSERT INTO schema_migrations (version) VALUES (%(version)s);
+
+-- AdminService --
+
+-- name: admin_list_brands
+-- One page of brands after a brand_id ('' for the first page), in brand_id order; the caller asks
+-- for one row more than the page to learn whether another page follows.
+SELECT brand_id, name, created_at
+FROM brands
+WHERE brand_id > %(after)s
+ORDER BY brand_id
+LIMIT %(limit)s;
+
+-- name: admin_insert_api_key
+-- Stores a key's digest, role and brand and returns it as listed; no row if brand_id names no brand.
+WITH brand AS (SELECT brand_key FROM brands WHERE brand_id = %(brand_id)s)
+INSERT INTO api_keys (key_id, key_hash, role, brand_key)
+SELECT %(key_id)s, %(key_hash)s, %(role)s, (SELECT brand_key FROM brand)
+WHERE %(brand_id)s::text IS NULL OR EXISTS (SELECT 1 FROM brand)
+RETURNING key_id, role, %(brand_id)s::text AS brand_id, created_at, revoked_at;
+
+-- name: admin_revoke_api_key
+-- Revokes an active key and returns it as listed; no row if it is unknown or already revoked.
+WITH revoked AS (
+    UPDATE api_keys SET revoked_at = now()
+    WHERE key_id = %(key_id)s AND revoked_at IS NULL
+    RETURNING key_id, role, brand_key, created_at, revoked_at
+)
+SELECT r.key_id, r.role, b.brand_id, r.created_at, r.revoked_at
+FROM revoked r LEFT JOIN brands b USING (brand_key);
+
+-- name: admin_get_api_key
+-- One key as listed (never its digest), revoked or not; no row if it is unknown.
+SELECT k.key_id, k.role, b.brand_id, k.created_at, k.revoked_at
+FROM api_keys k LEFT JOIN brands b USING (brand_key)
+WHERE k.key_id = %(key_id)s;
+
+-- name: admin_list_api_keys
+-- One page of every key (never its digest) after a key_id ('' for the first page), in key_id order.
+SELECT k.key_id, k.role, b.brand_id, k.created_at, k.revoked_at
+FROM api_keys k LEFT JOIN brands b USING (brand_key)
+WHERE k.key_id > %(after)s
+ORDER BY k.key_id
+LIMIT %(limit)s;
+
+-- name: admin_list_brand_api_keys
+-- One page of one brand's keys after a key_id, in key_id order (index api_keys_brand).
+SELECT k.key_id, k.role, b.brand_id, k.created_at, k.revoked_at
+FROM api_keys k JOIN brands b USING (brand_key)
+WHERE k.brand_key = %(brand_key)s AND k.key_id > %(after)s
+ORDER BY k.key_id
+LIMIT %(limit)s;
+
+-- name: admin_page_token_secret
+-- The per-database secret that signs AdminService page tokens (server_secrets, migration 0006).
+SELECT secret FROM server_secrets WHERE name = 'page_token';
