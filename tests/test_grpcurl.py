@@ -69,6 +69,7 @@ async def test_every_readme_grpcurl_command_works_against_a_real_server(server: 
 
     services = (await run(commands["list"], env)).split()
     assert services == [
+        "discount.v1.AdminService",
         "discount.v1.DiscountService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
