@@ -34,6 +34,11 @@ def space_is_safe(count: int, length: int) -> bool:
     return count <= code_space(length) * MAX_SPACE_FRACTION
 
 
+def max_safe_count(length: int) -> int:
+    """The most codes of this length one request may ask for (the largest count space_is_safe allows)."""
+    return int(code_space(length) * MAX_SPACE_FRACTION)
+
+
 def random_characters(total: int) -> str:
     """`total` characters drawn uniformly from ALPHABET with `secrets`, in bulk."""
     out = b""

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,10 +21,14 @@ from typing import Any
 import discount_client
 from discount_client import Claim, DiscountClient
 
+from .. import codes
 from ..settings import Settings
 from .common import CommandError
 
 DEFAULT_CHUNK = 100_000
+# One command creates at most this many codes: it bounds how long one run takes and what a mistyped
+# N can write. More codes take several runs, each with its own --request-id.
+MAX_CODES_PER_COMMAND = 100_000_000
 MAX_REQUEST_ID = 128
 # Each GenerateCodes chunk gets this long; the server caps a call at its own default timeout.
 CHUNK_TIMEOUT_SECONDS = 120.0
@@ -79,9 +84,27 @@ def _parse_expires(raw: str | None) -> datetime | None:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def chunk_sizes(count: int, chunk: int) -> list[int]:
-    """How `count` codes are split into GenerateCodes calls; chunk i has request_id f"{rid}-{i}"."""
-    return [min(chunk, count - start) for start in range(0, count, chunk)]
+def chunk_sizes(count: int, chunk: int) -> Iterator[int]:
+    """How `count` codes are split into GenerateCodes calls; chunk i has request_id f"{rid}-{i}".
+    Made one at a time, so the CLI's memory does not grow with N."""
+    for start in range(0, count, chunk):
+        yield min(chunk, count - start)
+
+
+def check_total(count: int, length: int) -> None:
+    """Refuses, before any call, a total one command must not create: over the ceiling, or more than
+    the server's share of the code space at this length (codes.space_is_safe), saying what would do."""
+    if count > MAX_CODES_PER_COMMAND:
+        raise CommandError(
+            f"N must be at most {MAX_CODES_PER_COMMAND:,} codes per command, got {count:,}: "
+            f"generate more in several runs of at most {MAX_CODES_PER_COMMAND:,}, each with its own --request-id"
+        )
+    if not codes.space_is_safe(count, length):
+        raise CommandError(
+            f"{count:,} codes of length {length} would fill more than {codes.MAX_SPACE_FRACTION:.2%} of the "
+            f"{codes.code_space(length):,} possible codes: use --length {codes.minimum_safe_length(count)} or more, "
+            f"or at most {codes.max_safe_count(length):,} codes of length {length}"
+        )
 
 
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
@@ -91,13 +114,19 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
         raise CommandError(f"N must be at least 1, got {args.count}")
     if not 1 <= args.chunk_size <= 1_000_000:
         raise CommandError(f"--chunk-size must be between 1 and 1,000,000, got {args.chunk_size}")
+    if args.length != 0 and not codes.MIN_LENGTH <= args.length <= codes.MAX_LENGTH:
+        raise CommandError(
+            f"--length must be between {codes.MIN_LENGTH} and {codes.MAX_LENGTH} "
+            f"(0 means {codes.DEFAULT_LENGTH}), got {args.length}"
+        )
+    check_total(args.count, args.length or codes.DEFAULT_LENGTH)
     expires_at = _parse_expires(args.expires)
     request_id = args.request_id or str(uuid.uuid4())
-    chunks = chunk_sizes(args.count, args.chunk_size)
-    suffix = len(f"-{len(chunks) - 1}")
+    chunk_count = -(-args.count // args.chunk_size)
+    suffix = len(f"-{chunk_count - 1}")
     if len(request_id) + suffix > MAX_REQUEST_ID:
         raise CommandError(
-            f"--request-id must be at most {MAX_REQUEST_ID - suffix} characters for {len(chunks)} chunk(s)"
+            f"--request-id must be at most {MAX_REQUEST_ID - suffix} characters for {chunk_count} chunk(s)"
         )
     generated = 0
     available = 0
@@ -114,12 +143,14 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
         ) as progress,
     ):
         rerun = f"re-run with --request-id {request_id} to finish without creating any code twice"
+        index, chunk_id = 0, ""
         try:
-            for index, size in enumerate(chunks):
+            for index, size in enumerate(chunk_sizes(args.count, args.chunk_size)):
+                chunk_id = f"{request_id}-{index}"
                 result = client.generate_codes(
                     args.brand_id,
                     size,
-                    request_id=f"{request_id}-{index}",
+                    request_id=chunk_id,
                     prefix=args.prefix,
                     code_length=args.length,
                     expires_at=expires_at,
@@ -137,6 +168,14 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
         except discount_client.DiscountError as exc:
             if generated == 0 and exc.code in {"INVALID_ARGUMENT", "NOT_FOUND", "PERMISSION_DENIED", "UNAUTHENTICATED"}:
                 raise  # nothing was created: the plain error says it all
+            if exc.code == "FAILED_PRECONDITION":
+                # E.g. the chunk's request_id was used before with other parameters: running the
+                # same command again cannot help, so no advice to re-run; the server names the field.
+                done = f", after {generated:,} of {args.count:,} codes" if generated else ""
+                raise CommandError(
+                    f"GenerateCodes failed at chunk {index + 1} of {chunk_count} (request id {chunk_id}){done}: "
+                    f"{exc.code}: {exc}"
+                ) from None
             raise CommandError(
                 f"GenerateCodes failed after {generated:,} of {args.count:,} codes: {exc.code}: {exc}; {rerun}"
             ) from None
@@ -145,7 +184,7 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
             print(f"discount: interrupted after {generated:,} of {args.count:,} codes; {rerun}", file=sys.stderr)
             raise
     _print(
-        f"generated {generated:,} codes for {args.brand_id} in {len(chunks)} chunk(s) "
+        f"generated {generated:,} codes for {args.brand_id} in {chunk_count} chunk(s) "
         f"(request id {request_id}); {available:,} available"
     )
 
@@ -154,8 +193,10 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_claim(args: argparse.Namespace, settings: Settings) -> None:
+    # NFC, as the server stores it (validation.user_id): what the terminal sends in another form is the same user.
+    user_id = unicodedata.normalize("NFC", args.user_id)
     with _client() as client:
-        result = client.claim_code(args.brand_id, args.user_id, args.email)
+        result = client.claim_code(args.brand_id, user_id, args.email)
     claim = result.claim
     if args.json:
         _print(json.dumps({**_claim_json(claim), "newly_claimed": result.newly_claimed}))
@@ -252,10 +293,14 @@ def add_client_commands(sub: Any) -> None:  # argparse's subparsers action has n
     generate = sub.add_parser(
         "generate",
         help="generate N codes for a brand, in idempotent chunks",
-        description=f"Generate N codes for a brand, in idempotent chunks. {env}",
+        description=(
+            f"Generate N codes for a brand, in idempotent chunks. N is at most {MAX_CODES_PER_COMMAND:,} per "
+            f"command, and at most {codes.MAX_SPACE_FRACTION:.2%} of the possible codes of the chosen --length "
+            f"(e.g. {codes.max_safe_count(6):,} of length 6); both are checked before any call. {env}"
+        ),
     )
     generate.add_argument("brand_id", metavar="BRAND")
-    generate.add_argument("count", metavar="N", type=int)
+    generate.add_argument("count", metavar="N", type=int, help=f"how many codes, 1..{MAX_CODES_PER_COMMAND:,}")
     generate.add_argument("--prefix", default="", help="fixed code prefix: up to 16 of A-Z, 0-9 and '-'")
     generate.add_argument("--length", type=int, default=0, help="random characters per code, 6..32 (default 12)")
     generate.add_argument(
