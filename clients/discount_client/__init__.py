@@ -24,12 +24,16 @@ from ._common import (
 from .aio import AsyncDiscountClient
 from .client import DiscountClient
 from .errors import (
+    AlreadyExists,
     DeadlineExceeded,
     DiscountError,
+    FailedPrecondition,
+    IdempotencyKeyReused,
     InvalidArgument,
     NoCodesLeft,
     NotFound,
     PermissionDenied,
+    RequestTooLarge,
     Unauthenticated,
     Unavailable,
 )
@@ -37,6 +41,7 @@ from .errors import (
 __all__ = [
     "DEFAULT_ADDRESS",
     "DEFAULT_DEADLINE_SECONDS",
+    "AlreadyExists",
     "AsyncDiscountClient",
     "BrandStats",
     "Claim",
@@ -44,11 +49,14 @@ __all__ = [
     "DeadlineExceeded",
     "DiscountClient",
     "DiscountError",
+    "FailedPrecondition",
+    "IdempotencyKeyReused",
     "GenerateResult",
     "InvalidArgument",
     "NoCodesLeft",
     "NotFound",
     "PermissionDenied",
+    "RequestTooLarge",
     "RetryPolicy",
     "Unauthenticated",
     "Unavailable",

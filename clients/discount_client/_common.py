@@ -178,6 +178,8 @@ def generate_request(
             f"count and code_length must be non-negative 32-bit integers, got {count} and {code_length}",
             code="INVALID_ARGUMENT",
             method="GenerateCodes",
+            reason="INVALID_FIELD",
+            field="count" if not 0 <= count < 2**32 else "code_length",
         )
     request = pb.GenerateCodesRequest(
         brand_id=brand_id,
@@ -192,6 +194,8 @@ def generate_request(
                 "expires_at must be timezone-aware, e.g. datetime(..., tzinfo=UTC)",
                 code="INVALID_ARGUMENT",
                 method="GenerateCodes",
+                reason="INVALID_FIELD",
+                field="expires_at",
             )
         request.expires_at.FromDatetime(expires_at.astimezone(UTC))
     return request

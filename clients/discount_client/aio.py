@@ -119,6 +119,8 @@ class AsyncDiscountClient:
                 f"after_sequence must be at least 0, got {after_sequence}",
                 code="INVALID_ARGUMENT",
                 method="WatchClaims",
+                reason="INVALID_FIELD",
+                field="after_sequence",
             )
         cursor = after_sequence
         failures = 0

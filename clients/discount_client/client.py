@@ -135,6 +135,8 @@ class DiscountClient:
                 f"after_sequence must be at least 0, got {after_sequence}",
                 code="INVALID_ARGUMENT",
                 method="WatchClaims",
+                reason="INVALID_FIELD",
+                field="after_sequence",
             )
         cursor = after_sequence
         failures = 0

@@ -1,37 +1,92 @@
-"""Exceptions raised by the discount client: one class per gRPC status a caller handles differently.
+"""Exceptions raised by the discount client: one class per situation a caller handles differently.
+
+The class is chosen by the `google.rpc.ErrorInfo` reason the service sends with every error
+(domain ``discount.v1``), never by the status code alone: RESOURCE_EXHAUSTED is "no codes left"
+only when the service says NO_CODES_LEFT, and "request too large" when gRPC itself refused an
+oversized message. Statuses that gRPC makes on its own (no reason: the server is unreachable, the
+deadline passed) are mapped by their code.
 
 Every exception carries the server's message (``str(exc)`` and ``exc.message``), the gRPC status
-code name (``exc.code``, e.g. ``"NOT_FOUND"``) and the method that failed (``exc.method``).
+code name (``exc.code``, e.g. ``"NOT_FOUND"``), the method that failed (``exc.method``), the
+service's reason (``exc.reason``, e.g. ``"BRAND_NOT_FOUND"``; empty when the status did not come
+from the service), the offending request field (``exc.field``, e.g. ``"email"``; empty if none)
+and the ErrorInfo metadata (``exc.metadata``).
 """
 
 from __future__ import annotations
 
+import re
+
 import grpc
+from google.protobuf.message import DecodeError
+from google.rpc.error_details_pb2 import BadRequest, ErrorInfo
+from google.rpc.status_pb2 import Status
+from grpc_status import rpc_status
+
+# ErrorInfo.domain of the discount service's errors; a reason from another domain (a proxy, another
+# service) is not ours to interpret.
+ERROR_DOMAIN = "discount.v1"
 
 
 class DiscountError(Exception):
     """Base class of every error the client raises for a failed call."""
 
-    def __init__(self, message: str, *, code: str = "UNKNOWN", method: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "UNKNOWN",
+        method: str = "",
+        reason: str = "",
+        field: str = "",
+        metadata: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
         self.method = method
+        self.reason = reason
+        self.field = field
+        self.metadata: dict[str, str] = dict(metadata or {})
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.message!r}, code={self.code!r}, method={self.method!r})"
+        extra = "".join(
+            f", {name}={value!r}" for name, value in (("reason", self.reason), ("field", self.field)) if value
+        )
+        return f"{type(self).__name__}({self.message!r}, code={self.code!r}, method={self.method!r}{extra})"
 
 
 class InvalidArgument(DiscountError):
-    """INVALID_ARGUMENT: the request is malformed; sending it again unchanged fails again."""
+    """INVALID_ARGUMENT (reason INVALID_FIELD): the request is malformed; sending it again unchanged
+    fails again. ``field`` names the offending field."""
 
 
 class NotFound(DiscountError):
-    """NOT_FOUND: the brand does not exist."""
+    """NOT_FOUND (reason BRAND_NOT_FOUND): the brand does not exist."""
+
+
+class AlreadyExists(DiscountError):
+    """ALREADY_EXISTS (reason BRAND_ALREADY_EXISTS): the brand already exists."""
 
 
 class NoCodesLeft(DiscountError):
-    """RESOURCE_EXHAUSTED: the brand has no available, unexpired code left to claim."""
+    """RESOURCE_EXHAUSTED with reason NO_CODES_LEFT: the brand has no available, unexpired code left
+    to claim."""
+
+
+class RequestTooLarge(DiscountError):
+    """RESOURCE_EXHAUSTED from gRPC itself: a message of the call is larger than the gRPC message
+    size limit (the server accepts at most DISCOUNT_MAX_MESSAGE_BYTES, 1 MiB by default). Nothing
+    was done; the request must be made smaller."""
+
+
+class FailedPrecondition(DiscountError):
+    """FAILED_PRECONDITION: the request is valid but cannot be done in the current state."""
+
+
+class IdempotencyKeyReused(FailedPrecondition):
+    """FAILED_PRECONDITION with reason IDEMPOTENCY_KEY_REUSED: the request_id was used before with
+    different parameters; ``field`` names the first that differs. Nothing was created."""
 
 
 class Unauthenticated(DiscountError):
@@ -52,22 +107,69 @@ class DeadlineExceeded(DiscountError):
     """DEADLINE_EXCEEDED: the call did not finish within its deadline."""
 
 
+# The service's reasons (ErrorInfo.reason in domain discount.v1) that have a class of their own.
+_BY_REASON: dict[str, type[DiscountError]] = {
+    "INVALID_FIELD": InvalidArgument,
+    "BRAND_NOT_FOUND": NotFound,
+    "BRAND_ALREADY_EXISTS": AlreadyExists,
+    "NO_CODES_LEFT": NoCodesLeft,
+    "IDEMPOTENCY_KEY_REUSED": IdempotencyKeyReused,
+    "UNAUTHENTICATED": Unauthenticated,
+    "PERMISSION_DENIED": PermissionDenied,
+    "DATABASE_UNAVAILABLE": Unavailable,
+    "DEADLINE_EXCEEDED": DeadlineExceeded,
+}
+
+# Statuses whose meaning does not depend on who sent them: a reason the client does not know yet
+# (a newer server), or one that gRPC made itself, still maps to these. RESOURCE_EXHAUSTED is not
+# here: it means "no codes left" only with that reason.
 _BY_STATUS: dict[grpc.StatusCode, type[DiscountError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: NoCodesLeft,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
 }
 
+# gRPC's own words when a message exceeds the size limit, on either side ("Received message larger
+# than max (1048602 vs. 1048576)", "Sent message larger than max ...").
+_TOO_LARGE = re.compile(r"message larger than max", re.IGNORECASE)
+
+
+def _details(error: grpc.RpcError) -> Status | None:
+    """The google.rpc.Status the server sent in the `grpc-status-details-bin` trailer, if any and
+    if it describes this very status."""
+    if not isinstance(error, grpc.Call | grpc.aio.AioRpcError):
+        return None
+    try:
+        status: Status | None = rpc_status.from_call(error)  # type: ignore[arg-type]  # AioRpcError has the same accessors
+    except (ValueError, DecodeError):  # details of another status, or not a Status at all
+        return None
+    return status
+
 
 def from_rpc_error(error: grpc.RpcError, method: str) -> DiscountError:
-    """The documented exception for a failed call, carrying the server's message."""
+    """The documented exception for a failed call, carrying the server's message, reason and field."""
     code: grpc.StatusCode | None = error.code() if isinstance(error, grpc.Call | grpc.aio.AioRpcError) else None
     details: str | None = error.details() if isinstance(error, grpc.Call | grpc.aio.AioRpcError) else None
     name = code.name if code is not None else "UNKNOWN"
     message = details or f"{method} failed with {name}"
-    cls = _BY_STATUS.get(code, DiscountError) if code is not None else DiscountError
-    return cls(message, code=name, method=method)
+    reason, field, metadata = "", "", {}
+    status = _details(error)
+    for detail in status.details if status is not None else ():
+        info, request = ErrorInfo(), BadRequest()
+        if detail.Unpack(info) and info.domain == ERROR_DOMAIN:  # Unpack is False for another type
+            reason, metadata = info.reason, dict(info.metadata)
+        elif detail.Unpack(request):
+            field = next((v.field for v in request.field_violations if v.field), field)
+    cls: type[DiscountError]
+    if reason in _BY_REASON:
+        cls = _BY_REASON[reason]
+    elif code is grpc.StatusCode.RESOURCE_EXHAUSTED and not reason and _TOO_LARGE.search(message):
+        cls = RequestTooLarge
+    else:
+        cls = _BY_STATUS.get(code, DiscountError) if code is not None else DiscountError
+    return cls(message, code=name, method=method, reason=reason, field=field, metadata=metadata)
