@@ -23,7 +23,7 @@ export const file_discount_v1_discount_service: GenFile = /*@__PURE__*/
  */
 export type GenerateCodesRequest = Message<"discount.v1.GenerateCodesRequest"> & {
   /**
-   * The brand that will own the codes (1..64 characters, must exist).
+   * The brand that will own the codes (must exist; the same rules as ClaimCodeRequest.brand_id).
    *
    * @generated from field: string brand_id = 1;
    */
@@ -37,7 +37,10 @@ export type GenerateCodesRequest = Message<"discount.v1.GenerateCodesRequest"> &
   count: number;
 
   /**
-   * Idempotency key: a retry with the same non-empty request_id returns the first result and creates nothing.
+   * Idempotency key, per brand: a retry with the same non-empty request_id and the same count, prefix,
+   * code_length (0 counting as 12) and expires_at returns the first result and creates nothing. The same
+   * request_id with any of them different is FAILED_PRECONDITION (reason IDEMPOTENCY_KEY_REUSED, naming
+   * the first field that differs) and creates nothing.
    *
    * @generated from field: string request_id = 3;
    */
@@ -184,21 +187,25 @@ export const ClaimSchema: GenMessage<Claim> = /*@__PURE__*/
  */
 export type ClaimCodeRequest = Message<"discount.v1.ClaimCodeRequest"> & {
   /**
-   * The brand to claim a code of (1..64 characters).
+   * The brand to claim a code of: 1..64 characters, under the same rules as user_id.
    *
    * @generated from field: string brand_id = 1;
    */
   brandId: string;
 
   /**
-   * The user claiming (1..128 characters, no control characters).
+   * The user claiming: 1..128 characters after Unicode NFC normalisation, which is the form it is compared
+   * and stored in (so "é" sent composed or decomposed is one user). Refused with INVALID_ARGUMENT (reason
+   * INVALID_FIELD, field user_id): empty or only whitespace, leading or trailing whitespace, or any control
+   * or format character (Unicode categories Cc and Cf, e.g. U+200B zero-width space, U+202E bidi override).
    *
    * @generated from field: string user_id = 2;
    */
   userId: string;
 
   /**
-   * The user's email address (at most 254 characters).
+   * The user's email address: at most 254 characters, name@example.com, no leading or trailing whitespace and
+   * no control or format characters (Cc, Cf); stored as sent.
    *
    * @generated from field: string email = 3;
    */
@@ -247,7 +254,7 @@ export const ClaimCodeResponseSchema: GenMessage<ClaimCodeResponse> = /*@__PURE_
  */
 export type WatchClaimsRequest = Message<"discount.v1.WatchClaimsRequest"> & {
   /**
-   * The brand whose claims to stream.
+   * The brand whose claims to stream (the same rules as ClaimCodeRequest.brand_id).
    *
    * @generated from field: string brand_id = 1;
    */
@@ -310,7 +317,7 @@ export const WatchClaimsResponseSchema: GenMessage<WatchClaimsResponse> = /*@__P
  */
 export type GetBrandStatsRequest = Message<"discount.v1.GetBrandStatsRequest"> & {
   /**
-   * The brand to count.
+   * The brand to count (the same rules as ClaimCodeRequest.brand_id).
    *
    * @generated from field: string brand_id = 1;
    */
