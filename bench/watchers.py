@@ -1,10 +1,10 @@
 """WatchClaims clients: `python -m bench.watchers CONFIG_JSON`, run as their own process.
 
 Opens N streams of one brand from `after_sequence`, prints `ready` once every stream has
-received its first event (so every stream is known to be established), then reads commands on
-stdin: `rss` (prints `ok`, for idle snapshots) or `until SEQ`: waits until every stream has
-reached SEQ, then writes per-stream counts, gaps and event latencies (receipt time minus the
-claim's claimed_at) to the JSON file named in the config, and exits.
+received its first event (so every stream is known to be established), then reads one command on
+stdin, `until SEQ`: waits until every stream has reached SEQ, then writes per-stream counts, gaps
+and event latencies (receipt time minus the claim's claimed_at) to the JSON file named in the
+config, and exits.
 """
 
 from __future__ import annotations
@@ -88,10 +88,7 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
         line = (await reader.readline()).decode().split()
         if not line:
             break
-        if line[0] == "mark":
-            latency_start = len(latency)
-            print("ok", flush=True)
-        elif line[0] == "until":
+        if line[0] == "until":
             target = int(line[1])
     deadline = time.monotonic() + float(config.get("drain_timeout", 120))
     while target is not None and min(last) < target and time.monotonic() < deadline:

@@ -68,19 +68,25 @@ def rss_bytes(pid: int, *, children: bool = False) -> int:
     return total
 
 
-def _cpu_of(pid: int) -> float:
+def _cpu_of(pid: int, *, reaped: bool) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        ticks = int(fields[11]) + int(fields[12])  # utime, stime
+        if reaped:
+            ticks += int(fields[13]) + int(fields[14])  # cutime, cstime: children it has waited for
+        return ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError):
         return 0.0
 
 
 def cpu_seconds(pid: int, *, children: bool = False) -> float:
-    """User + system CPU time used so far by `pid` (and, with `children`, by its live
-    descendants); 0 for a process that is gone."""
-    pids = process_tree(pid) if children else [pid]
-    return sum(_cpu_of(p) for p in pids)
+    """User + system CPU time used so far by `pid`; 0 for a process that is gone.
+
+    With `children`, also by its descendants: the live ones, and those that have exited and been
+    waited for (a PostgreSQL backend that ended during a measurement still counts)."""
+    if not children:
+        return _cpu_of(pid, reaped=False)
+    return sum(_cpu_of(p, reaped=True) for p in process_tree(pid))
 
 
 def _tail(path: Path | None, chars: int = 3000) -> str:

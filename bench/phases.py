@@ -1,0 +1,524 @@
+"""The phases of a run. Each one measures the service and its same-run baseline and returns a summary
+for the report; `Bench` holds what they share (the profile, the database, the keys, the servers).
+
+Comparisons run in alternated rounds (A, B, A, B) so that drift in the shared machine's load hits
+both sides, with a CHECKPOINT before timed phases so one phase's WAL is not flushed during the next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psycopg
+
+from bench.common import log, percentile
+from bench.database import Db, pg_cpu, start_postgres
+from bench.processes import WATCH_CLAIMS_PER_RESPONSE, Server, Watchers, echo_server, probe_claim, run_loadgen
+from discount.v1 import discount_service_pb2 as pb
+from discount.v1 import discount_service_pb2_grpc as pb_grpc
+from discount_dev.postgres import PG_BIN, PrivatePostgres
+from discount_dev.processes import cpu_seconds, rss_bytes
+from discount_service import codes as codegen
+
+
+@dataclass(frozen=True, kw_only=True)
+class Profile:
+    """The sizes of a run."""
+
+    name: str
+    duration: float  # measured seconds per load phase
+    warmup: float
+    concurrency: int  # calls in flight
+    brand_codes: int  # free codes per load-phase brand
+    million: int  # claims piled up before the decay phase
+    generate: int  # GenerateCodes / raw COPY size
+    watchers: int
+    idle_streams: int
+    paced_rates: tuple[float, ...]  # claims/s for the paced event-latency phases
+    rounds: int = 1  # alternated repetitions of the comparisons
+    workers: tuple[int, ...] = (1, 2)  # server processes compared in the throughput phase
+
+
+FULL = Profile(
+    name="full", duration=15.0, warmup=2.0, concurrency=32, brand_codes=120_000, million=1_000_000,
+    generate=1_000_000, watchers=100, idle_streams=1000, paced_rates=(50.0, 500.0), rounds=2,
+)  # fmt: skip
+SMOKE = Profile(
+    name="smoke", duration=2.0, warmup=0.5, concurrency=32, brand_codes=20_000, million=20_000,
+    generate=50_000, watchers=10, idle_streams=50, paced_rates=(50.0,),
+)  # fmt: skip
+
+
+@dataclass
+class Bench:
+    """What the phases share: a private PostgreSQL with the migrated database, an admin and a
+    service key, a folder for the child processes' files, and the servers running now."""
+
+    profile: Profile
+    workdir: Path
+    pg: PrivatePostgres
+    db: Db
+    admin_key: str
+    service_key: str
+    servers: list[Server] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, profile: Profile, workdir: Path) -> Bench:
+        pg = start_postgres()
+        log(f"private PostgreSQL on port {pg.port}")
+        try:
+            db = Db(pg)
+            return cls(profile=profile, workdir=workdir, pg=pg, db=db, admin_key=db.key("admin"),
+                       service_key=db.key("service"))  # fmt: skip
+        except BaseException:
+            pg.cleanup()
+            raise
+
+    def close(self) -> None:
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                server.stop()
+        self.servers.clear()
+        self.pg.cleanup()
+
+    def start_server(self, workers: int) -> Server:
+        server = Server(self.db.url, workers, self.workdir)
+        self.servers.append(server)
+        return server
+
+    def stop_server(self, server: Server) -> None:
+        """SIGTERM; a server that does not exit 0 fails the run."""
+        code = server.stop()
+        self.servers.remove(server)
+        if code != 0:
+            raise RuntimeError(f"server exited {code} on SIGTERM: {server.log_path.read_text()[-3000:]}")
+
+    def load(
+        self,
+        name: str,
+        brand: str,
+        *,
+        server: Server | None = None,
+        target: str | None = None,
+        method: str = "claim",
+        rate: float = 0.0,
+    ) -> dict[str, Any]:
+        """One load phase against `server` (its CPU and PostgreSQL's measured too) or a bare
+        `target`, in a load-generator process; returns its summary."""
+        profile = self.profile
+        config = {
+            "target": server.address if server else target,
+            "method": method,
+            "api_key": self.service_key,
+            "brand": brand,
+            "concurrency": profile.concurrency,
+            "channels": 4,
+            "warmup": profile.warmup,
+            "duration": profile.duration,
+            "rate": rate,
+            "user_prefix": f"{name}-{os.getpid()}",
+            "out": str(self.workdir / f"load-{name}.json"),
+        }
+        cpu_before = cpu_seconds(server.pid, children=True) if server else 0.0
+        pg_before = pg_cpu(self.pg) if server else 0.0
+        started = time.perf_counter()
+        summary = summarize_load(name, run_loadgen(config))
+        elapsed = time.perf_counter() - started
+        if server:
+            summary["server_cpu_s"] = round(cpu_seconds(server.pid, children=True) - cpu_before, 2)
+            summary["postgres_cpu_s"] = round(pg_cpu(self.pg) - pg_before, 2)
+        summary["wall_s"] = round(elapsed, 2)
+        log(
+            f"{name}: {summary['rps']:.0f}/s, p50 {summary['p50_ms']:.2f} ms, p99 {summary['p99_ms']:.2f} ms, "
+            f"errors {summary['errors']}"
+        )
+        return summary
+
+
+# -- summaries ------------------------------------------------------------------------------------
+
+
+def _sample(sorted_seconds: list[float]) -> list[float]:
+    """At most about 5,000 evenly spread values, in ms: enough for a distribution chart."""
+    return [round(x * 1000, 3) for x in sorted_seconds[:: max(1, len(sorted_seconds) // 5000)]]
+
+
+def summarize_load(name: str, data: dict[str, Any]) -> dict[str, Any]:
+    """A load generator's raw result: throughput and latency over the measured window (warm-up
+    excluded), and completions per second over the whole run."""
+    warmup, duration = data["warmup"], data["duration"]
+    done_at, latency = data["done_at"], data["latency"]
+    window = sorted(lat for t, lat in zip(done_at, latency, strict=True) if warmup <= t < warmup + duration)
+    per_second: dict[int, int] = {}
+    for t in done_at:
+        per_second[int(t)] = per_second.get(int(t), 0) + 1
+    seconds = max(per_second) + 1 if per_second else 0
+    return {
+        "name": name,
+        "rps": len(window) / duration,
+        "calls": len(window),
+        "p50_ms": percentile(window, 50) * 1000,
+        "p90_ms": percentile(window, 90) * 1000,
+        "p99_ms": percentile(window, 99) * 1000,
+        "max_ms": (window[-1] * 1000) if window else float("nan"),
+        "errors": data["errors"],
+        "repeats": data["repeats"],
+        "per_second": [per_second.get(s, 0) for s in range(seconds)],
+        "latency_sample_ms": _sample(window),
+        "_window": window,  # every call's latency in the window; not written to the JSON
+    }
+
+
+def merge_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Alternated rounds of one phase: mean throughput, latency percentiles over all their calls,
+    the first round's time series."""
+    merged = dict(runs[0])
+    merged["rps"] = sum(r["rps"] for r in runs) / len(runs)
+    window = sorted(x for r in runs for x in r["_window"])
+    merged["_window"] = window
+    for q in (50, 90, 99):
+        merged[f"p{q}_ms"] = percentile(window, q) * 1000
+    merged["latency_sample_ms"] = _sample(window)
+    merged["calls"] = sum(r["calls"] for r in runs)
+    merged["errors"] = {k: v for r in runs for k, v in r["errors"].items()}
+    merged["repeats"] = sum(r["repeats"] for r in runs)
+    keys = ("rps", "p50_ms", "p99_ms", "server_cpu_s", "postgres_cpu_s")
+    merged["rounds"] = [{k: r.get(k) for k in keys} for r in runs]
+    return merged
+
+
+def summarize_watch(rounds: list[tuple[dict[str, Any], int]]) -> dict[str, Any]:
+    """One watchers.py result (or several, of alternated rounds) against the last sequence expected."""
+    lat = sorted(x for data, _ in rounds for x in data["latency"])
+    counts = [c for data, _ in rounds for c in data["counts"]]
+    return {
+        "watchers": rounds[0][0]["watchers"],
+        "expected_events_each": rounds[0][1],
+        "every_watcher_got_every_event": all(
+            all(c == expected for c in data["counts"])
+            and all(g == 0 for g in data["gaps"])
+            and all(last == expected for last in data["last"])
+            for data, expected in rounds
+        ),
+        "min_events": min(counts),
+        "max_events": max(counts),
+        "gaps": sum(g for data, _ in rounds for g in data["gaps"]),
+        "errors": [e for data, _ in rounds for e in data["errors"]],
+        "latency_p50_ms": percentile(lat, 50) * 1000,
+        "latency_p99_ms": percentile(lat, 99) * 1000,
+        "latency_max_ms": (lat[-1] * 1000) if lat else float("nan"),
+        "latency_samples": len(lat),
+        "messages": sum(data.get("messages") or 0 for data, _ in rounds),
+        "client_cpu_s": sum(data.get("client_cpu_s") or 0 for data, _ in rounds),
+        "latency_sample_ms": _sample(lat),
+    }
+
+
+# -- the phases -----------------------------------------------------------------------------------
+
+
+def throughput(bench: Bench) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The RPC ceiling (echo: the same load generator, concurrency and duration) and ClaimCode on a
+    fresh brand with each number of worker processes, in alternated rounds. Returns the echo
+    summary and one ClaimCode summary per number of workers."""
+    profile = bench.profile
+    echo_runs: list[dict[str, Any]] = []
+    claim_runs: dict[int, list[dict[str, Any]]] = {w: [] for w in profile.workers}
+    for r in range(profile.rounds):
+        with echo_server(bench.workdir) as echo_address:
+            echo_runs.append(bench.load(f"echo-{r}", "echo", target=echo_address, method="echo"))
+        for w in profile.workers:
+            brand = f"hot-w{w}-{r}"
+            bench.db.brand(brand, profile.brand_codes)
+            server = bench.start_server(w)
+            claim_runs[w].append(bench.load(f"claim-w{w}-{r}", brand, server=server))
+            bench.stop_server(server)
+    return merge_rounds(echo_runs), [{**merge_rounds(claim_runs[w]), "workers": w} for w in profile.workers]
+
+
+def pgbench(bench: Bench, brand: str, *, batch: int = 1) -> dict[str, Any]:
+    """The claim transaction the service runs, straight from pgbench, 32 clients, prepared.
+
+    batch=1: one `discount_claim` per transaction (the service's path when a brand is idle);
+    batch>1: `discount_claim_batch` with that many users per transaction (its path under load).
+    Each client keeps its own hint from its last claim, as each server process does, and claims
+    for distinct users (client id + a per-client counter)."""
+    profile, db, pg = bench.profile, bench.db, bench.pg
+    # pgbench claims faster than the service: in a full run its brand is big enough not to run dry.
+    codes = profile.brand_codes
+    if profile.name == "full":
+        codes = max(codes, 250_000 if batch == 1 else 500_000)
+    db.brand(brand, codes)
+    script = bench.workdir / f"claim-{batch}.pgbench"
+    tag = f"pgb{os.getpid()}b{batch}"
+    user = f"'{tag}-' || :client_id || '-' || :n"
+    if batch == 1:
+        call = f"discount_claim('{brand}', {user}, {user} || '@example.com', :hint)"
+        select = "coalesce(code_key, :hint)"
+    else:
+        users = ", ".join(f"{user} || '-{i}'" for i in range(batch))
+        emails = ", ".join(f"{user} || '-{i}@example.com'" for i in range(batch))
+        call = f"discount_claim_batch('{brand}', ARRAY[{users}], ARRAY[{emails}], :hint)"
+        select = "coalesce(max(code_key), :hint)"
+    script.write_text(f"\\set n :n + 1\nSELECT {select} AS hint FROM {call}\n\\gset\n")
+    duration = int(max(1, round(profile.duration)))
+    cmd = [
+        str(PG_BIN / "pgbench"), "-n", "-M", "prepared", "-c", str(profile.concurrency), "-j", "2",
+        "-T", str(duration), "-D", "hint=0", "-D", "n=0", "-f", str(script), "-r",
+        "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", db.name,
+    ]  # fmt: skip
+    before = db.last_sequence(brand)
+    cpu_before = pg_cpu(pg)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    tps_match = re.search(r"tps = ([\d.]+) \(without initial connection time\)", proc.stdout)
+    if tps_match is None:
+        raise RuntimeError(f"no tps in the pgbench output: {proc.stdout[-2000:]}")
+    tps = float(tps_match.group(1))
+    lat = re.search(r"latency average = ([\d.]+) ms", proc.stdout)
+    claimed = db.last_sequence(brand) - before
+    log(f"pgbench batch={batch}: {tps:.0f} tps = {tps * batch:.0f} claims/s ({claimed} claims)")
+    return {
+        "batch": batch,
+        "tps": tps,
+        "claims_per_second": tps * batch,
+        "latency_avg_ms": float(lat.group(1)) if lat else None,
+        "claims": claimed,
+        "postgres_cpu_s": round(pg_cpu(pg) - cpu_before, 2),
+        "command": " ".join(cmd),
+        "script": script.read_text(),
+        "output": proc.stdout[-2000:],
+    }
+
+
+def decay(bench: Bench, workers: int) -> tuple[dict[str, Any], Server]:
+    """ClaimCode on a fresh brand vs one with `million` claims piled up (bulk SQL, then real
+    claims), in alternated rounds, each on a new server process (no hint of its own yet: the worst
+    case); with the EXPLAINs of the code pick at each point. Returns the summary and the server of
+    the last round, still running, for the generation phase."""
+    profile, db = bench.profile, bench.db
+    n = profile.brand_codes
+    fresh_key = db.brand("fresh", n)
+    million_key = db.brand("million", profile.million + n)
+    explain_fresh = db.explain_claim(fresh_key, 0)
+    explain_fresh_call = db.explain_claim_call("fresh", 0)
+    pile_seconds = db.pile_up_claims(million_key, profile.million)
+    log(f"piled up {profile.million} claims in {pile_seconds:.1f}s")
+    explain_million_hint = db.explain_claim(million_key, db.claim_hint(million_key))
+    explain_million_cold = db.explain_claim(million_key, 0)
+    explain_million_call = db.explain_claim_call("million", 0)
+    db.sql("CHECKPOINT")  # the pile-up's WAL is flushed before anything is timed
+    fresh_runs: list[dict[str, Any]] = []
+    after_runs: list[dict[str, Any]] = []
+    server: Server | None = None
+    for r in range(profile.rounds):
+        brand = "fresh" if r == 0 else f"fresh{r}"
+        if r:
+            db.brand(brand, n)
+        server = bench.start_server(workers)
+        fresh_runs.append(bench.load(f"fresh-{r}", brand, server=server))
+        bench.stop_server(server)
+        db.sql("CHECKPOINT")
+        server = bench.start_server(workers)
+        after_runs.append(bench.load(f"after-million-{r}", "million", server=server))
+        if r + 1 < profile.rounds:
+            bench.stop_server(server)
+            db.sql("CHECKPOINT")
+    assert server is not None
+    summary = {
+        "piled_up_claims": profile.million,
+        "pile_up_seconds": pile_seconds,
+        "method": "bulk SQL mimicking claims (Db.pile_up_claims in bench/database.py), then real ClaimCode calls",
+        "fresh": merge_rounds(fresh_runs),
+        "after": merge_rounds(after_runs),
+        "explain_fresh": explain_fresh,
+        "explain_fresh_function_call_hint_0": explain_fresh_call,
+        "explain_after_million_function_call_hint_0": explain_million_call,
+        "explain_after_million_with_hint": explain_million_hint,
+        "explain_after_million_hint_0": explain_million_cold,
+        "explain_after_million_and_the_run": db.explain_claim(million_key, db.claim_hint(million_key)),
+    }
+    return summary, server
+
+
+def raw_copy(db: Db, count: int) -> dict[str, Any]:
+    """`count` random codes made and COPYed with psycopg into a table shaped like `codes`, with the
+    same unique (primary) key and partial index, in one transaction: the generation ceiling."""
+    db.sql("DROP TABLE IF EXISTS raw_copy_codes")
+    db.sql("CREATE TABLE raw_copy_codes (LIKE codes INCLUDING ALL)")
+    db.sql("CHECKPOINT")
+    started = time.perf_counter()
+    with psycopg.connect(db.url) as conn:
+        with conn.cursor().copy("COPY raw_copy_codes (brand_key, batch_key, expires_at, code) FROM STDIN") as copy:
+            done = 0
+            while done < count:
+                n = min(50_000, count - done)
+                copy.write("".join(f"1\t1\t\\N\t{c}\n" for c in codegen.make_codes(n, 12)))
+                done += n
+        conn.commit()
+    seconds = time.perf_counter() - started
+    rows = db.sql("SELECT count(*) FROM raw_copy_codes")[0][0]
+    db.sql("DROP TABLE raw_copy_codes")
+    log(f"raw COPY of {count} codes: {seconds:.2f}s")
+    return {"seconds": seconds, "rows": rows}
+
+
+def generate_codes(bench: Bench, server: Server, brand: str, count: int) -> dict[str, Any]:
+    """One GenerateCodes call of `count` codes: its time and the server's peak RSS growth."""
+    bench.db.sql("CHECKPOINT")
+    time.sleep(0.5)
+    rss_before = rss_bytes(server.pid, children=True)
+    peak = [rss_before]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_bytes(server.pid, children=True))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    started = time.perf_counter()
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            reply = pb_grpc.DiscountServiceStub(ch).GenerateCodes(
+                pb.GenerateCodesRequest(brand_id=brand, count=count),
+                metadata=(("x-api-key", bench.admin_key),),
+                timeout=600,
+            )
+        seconds = time.perf_counter() - started
+    finally:
+        stop.set()
+        sampler.join()
+    rss_after = rss_bytes(server.pid, children=True)
+    log(f"GenerateCodes {count}: {seconds:.2f}s, RSS +{(peak[0] - rss_before) / 2**20:.0f} MB")
+    return {
+        "seconds": seconds,
+        "generated": reply.generated,
+        "rss_before_mb": rss_before / 2**20,
+        "rss_peak_mb": peak[0] / 2**20,
+        "rss_after_mb": rss_after / 2**20,
+        "rss_growth_mb": (peak[0] - rss_before) / 2**20,
+    }
+
+
+def generation(bench: Bench, server: Server) -> dict[str, Any]:
+    """The raw COPY baseline and GenerateCodes of the same size in one call, alternated."""
+    count = bench.profile.generate
+    raws, rpcs = [], []
+    for r in range(bench.profile.rounds):
+        raws.append(raw_copy(bench.db, count))
+        bench.db.brand(f"gen{r}", 0)
+        rpcs.append(generate_codes(bench, server, f"gen{r}", count))
+    return {
+        "count": count,
+        "raw_copy": {"seconds": sum(x["seconds"] for x in raws) / len(raws), "rounds": raws},
+        "rpc": {
+            "seconds": sum(x["seconds"] for x in rpcs) / len(rpcs),
+            "rss_growth_mb": max(x["rss_growth_mb"] for x in rpcs),
+            "generated": min(x["generated"] for x in rpcs),
+            "rounds": rpcs,
+        },
+    }
+
+
+def watched_phase(
+    bench: Bench,
+    server: Server,
+    name: str,
+    count: int,
+    *,
+    rate: float = 0.0,
+    per_response: int = WATCH_CLAIMS_PER_RESPONSE,
+) -> tuple[dict[str, Any], tuple[dict[str, Any], int]]:
+    """Claims on a new brand (closed loop, or `rate` claims/s) while `count` watchers stream every
+    event: the load summary, and the watchers' raw result with the last sequence they had to reach
+    (for summarize_watch, alone or with other rounds)."""
+    db = bench.db
+    db.brand(name, bench.profile.brand_codes)
+    db.sql("CHECKPOINT")  # the previous phase's WAL is flushed before this one is timed
+    group = Watchers(bench.workdir, name, server.address, bench.admin_key, name, count, per_response=per_response)
+    probe_claim(server.address, bench.service_key, name, "probe")
+    group.wait_ready()
+    load = bench.load(name, name, server=server, rate=rate)
+    expected = db.last_sequence(name)
+    raw = (group.finish(expected), expected)
+    events = summarize_watch([raw])
+    log(f"{name}: {count} watchers, event latency p50 {events['latency_p50_ms']:.1f} ms, p99 "
+        f"{events['latency_p99_ms']:.1f} ms, all events: {events['every_watcher_got_every_event']}")  # fmt: skip
+    return load, raw
+
+
+def feed(bench: Bench, workers: int) -> dict[str, Any]:
+    """Claim throughput without watchers and with N watchers streaming every event, alternated in
+    rounds on one server; then event latency at the paced rates, with a tenth of the watchers, and
+    with watchers asking for one claim per message (the contract's default)."""
+    profile, db = bench.profile, bench.db
+    server = bench.start_server(workers)
+    without_runs, with_runs, with_raw = [], [], []
+    for r in range(profile.rounds):
+        db.brand(f"nowatch{r}", profile.brand_codes)
+        db.sql("CHECKPOINT")
+        without_runs.append(bench.load(f"no-watchers-{r}", f"nowatch{r}", server=server))
+        load, raw = watched_phase(bench, server, f"watched{r}", profile.watchers)
+        with_runs.append(load)
+        with_raw.append(raw)
+    paced: dict[str, Any] = {}
+    for rate in profile.paced_rates:
+        load, raw = watched_phase(bench, server, f"paced{rate:.0f}", profile.watchers, rate=rate)
+        paced[f"{rate:.0f}"] = {"rate": rate, "load": load, "events": summarize_watch([raw])}
+    few = max(1, profile.watchers // 10)  # where the knee is: the same closed loop with a tenth of them
+    with_few, few_raw = watched_phase(bench, server, "watched-few", few)
+    with_single, single_raw = watched_phase(bench, server, "watched-single", profile.watchers, per_response=0)
+    bench.stop_server(server)
+    return {
+        "without_watchers": merge_rounds(without_runs),
+        "with_watchers": merge_rounds(with_runs),
+        "with_watchers_events": summarize_watch(with_raw),
+        "paced": paced,
+        "with_few_watchers": with_few,
+        "few_watchers_events": summarize_watch([few_raw]),
+        "max_claims_per_response": WATCH_CLAIMS_PER_RESPONSE,
+        "with_watchers_single": with_single,
+        "single_events": summarize_watch([single_raw]),
+    }
+
+
+def idle(bench: Bench) -> dict[str, Any]:
+    """`idle_streams` WatchClaims streams on one server process: its RSS and its LISTEN connections."""
+    profile, db = bench.profile, bench.db
+    server = bench.start_server(1)
+    db.brand("idle", 100)
+    time.sleep(1.0)
+    rss_before = rss_bytes(server.pid, children=True)
+    streams = Watchers(bench.workdir, "idle", server.address, bench.admin_key, "idle", profile.idle_streams,
+                       record=False)  # fmt: skip
+    probe_claim(server.address, bench.service_key, "idle", "probe")  # every stream gets one event, then idles
+    streams.wait_ready(timeout=300)
+    time.sleep(2.0)
+    rss_idle = rss_bytes(server.pid, children=True)
+    listen = db.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'discount-service-listen'")
+    connections = db.sql(
+        "SELECT application_name, state, query FROM pg_stat_activity WHERE application_name LIKE 'discount%%'"
+    )
+    idle_data = streams.finish(1)
+    bench.stop_server(server)
+    summary = {
+        "streams": profile.idle_streams,
+        "streams_with_probe_event": sum(1 for c in idle_data["counts"] if c == 1),
+        "rss_before_mb": rss_before / 2**20,
+        "rss_mb": rss_idle / 2**20,
+        "listen_connections": int(listen[0][0]),
+        "connections": [list(map(str, row)) for row in connections],
+    }
+    log(f"idle: {summary['streams']} streams, RSS {summary['rss_mb']:.0f} MB, "
+        f"LISTEN connections {summary['listen_connections']}")  # fmt: skip
+    return summary
