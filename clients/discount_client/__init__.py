@@ -8,9 +8,11 @@
         except NoCodesLeft:
             ...
 
-`AsyncDiscountClient` is the same for asyncio. See README.md, "Python client".
+`AsyncDiscountClient` is the same for asyncio. With an admin key both also manage brands and API
+keys (`discount.v1.AdminService`). See README.md, "Python client" and "Onboarding over RPC".
 """
 
+from ._admin import ApiKey, ApiKeyPage, Brand, BrandPage, NewApiKey, Role
 from ._common import (
     DEFAULT_ADDRESS,
     DEFAULT_DEADLINE_SECONDS,
@@ -41,6 +43,12 @@ from .errors import (
 __all__ = [
     "DEFAULT_ADDRESS",
     "DEFAULT_DEADLINE_SECONDS",
+    "ApiKey",
+    "ApiKeyPage",
+    "Brand",
+    "BrandPage",
+    "NewApiKey",
+    "Role",
     "AlreadyExists",
     "AsyncDiscountClient",
     "BrandStats",

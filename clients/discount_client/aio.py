@@ -11,10 +11,13 @@ from typing import Any
 
 import grpc
 
+from discount.v1 import admin_service_pb2 as admin_pb
+from discount.v1 import admin_service_pb2_grpc as admin_pb_grpc
 from discount.v1 import discount_service_pb2 as pb
 from discount.v1 import discount_service_pb2_grpc as pb_grpc
 
-from . import _common
+from . import _admin, _common
+from ._admin import ApiKey, ApiKeyPage, Brand, BrandPage, NewApiKey, Role
 from ._common import BrandStats, Claim, ClaimResult, GenerateResult, RetryPolicy, WatchBackoff
 from .errors import DiscountError, InvalidArgument, from_rpc_error
 
@@ -56,6 +59,7 @@ class AsyncDiscountClient:
         else:
             self._channel = grpc.aio.secure_channel(address, credentials, options=channel_options)
         self._stub = pb_grpc.DiscountServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._admin_stub = admin_pb_grpc.AdminServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
         """Closes the channel; a `watch_claims` iterator in progress then simply ends."""
@@ -70,9 +74,9 @@ class AsyncDiscountClient:
     ) -> None:
         await self.close()
 
-    async def _call(self, method: str, request: Any, timeout: float | None) -> Any:
+    async def _call(self, method: str, request: Any, timeout: float | None, stub: Any = None) -> Any:
         try:
-            return await getattr(self._stub, method)(
+            return await getattr(stub or self._stub, method)(
                 request, metadata=self._metadata, timeout=self.deadline if timeout is None else timeout
             )
         except grpc.aio.AioRpcError as exc:
@@ -169,3 +173,63 @@ class AsyncDiscountClient:
             if on_disconnect is not None:
                 on_disconnect(error, delay, cursor)
             await asyncio.sleep(delay)
+
+    # -- AdminService (admin keys only) ---------------------------------------------------------
+
+    async def create_brand(self, brand_id: str, display_name: str = "", *, timeout: float | None = None) -> Brand:
+        """See `DiscountClient.create_brand`."""
+        request = admin_pb.CreateBrandRequest(brand_id=brand_id, display_name=display_name)
+        return _admin.brand_from_proto((await self._call("CreateBrand", request, timeout, self._admin_stub)).brand)
+
+    async def list_brands(self, page_size: int = 0, page_token: str = "", *, timeout: float | None = None) -> BrandPage:
+        """See `DiscountClient.list_brands`."""
+        request = _admin.list_brands_request(page_size, page_token)
+        return _admin.brand_page(await self._call("ListBrands", request, timeout, self._admin_stub))
+
+    async def iter_brands(self, page_size: int = 0, *, timeout: float | None = None) -> AsyncIterator[Brand]:
+        """Every brand, in brand_id order, fetched a page at a time (`timeout` per page)."""
+        token = ""
+        while True:
+            page = await self.list_brands(page_size, token, timeout=timeout)
+            for brand in page.brands:
+                yield brand
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def create_api_key(
+        self, role: Role | str, brand_id: str | None = None, *, timeout: float | None = None
+    ) -> NewApiKey:
+        """See `DiscountClient.create_api_key`."""
+        request = _admin.create_api_key_request(role, brand_id)
+        return _admin.new_api_key(await self._call("CreateApiKey", request, timeout, self._admin_stub))
+
+    async def revoke_api_key(self, key_id: str, *, timeout: float | None = None) -> ApiKey:
+        """See `DiscountClient.revoke_api_key`."""
+        request = admin_pb.RevokeApiKeyRequest(key_id=key_id)
+        return _admin.api_key_from_proto((await self._call("RevokeApiKey", request, timeout, self._admin_stub)).key)
+
+    async def list_api_keys(
+        self,
+        brand_id: str | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> ApiKeyPage:
+        """See `DiscountClient.list_api_keys`."""
+        request = _admin.list_api_keys_request(brand_id, page_size, page_token)
+        return _admin.api_key_page(await self._call("ListApiKeys", request, timeout, self._admin_stub))
+
+    async def iter_api_keys(
+        self, brand_id: str | None = None, page_size: int = 0, *, timeout: float | None = None
+    ) -> AsyncIterator[ApiKey]:
+        """Every key (only `brand_id`'s when given), in key_id order, a page at a time."""
+        token = ""
+        while True:
+            page = await self.list_api_keys(brand_id, page_size, token, timeout=timeout)
+            for key in page.keys:
+                yield key
+            token = page.next_page_token
+            if not token:
+                return

@@ -11,10 +11,13 @@ from typing import Any
 
 import grpc
 
+from discount.v1 import admin_service_pb2 as admin_pb
+from discount.v1 import admin_service_pb2_grpc as admin_pb_grpc
 from discount.v1 import discount_service_pb2 as pb
 from discount.v1 import discount_service_pb2_grpc as pb_grpc
 
-from . import _common
+from . import _admin, _common
+from ._admin import ApiKey, ApiKeyPage, Brand, BrandPage, NewApiKey, Role
 from ._common import BrandStats, Claim, ClaimResult, GenerateResult, RetryPolicy, WatchBackoff
 from .errors import DiscountError, InvalidArgument, from_rpc_error
 
@@ -26,7 +29,8 @@ OnDisconnect = Callable[[DiscountError, float, int], None]
 
 
 class DiscountClient:
-    """A typed, synchronous client of `discount.v1.DiscountService`.
+    """A typed, synchronous client of `discount.v1.DiscountService` and, with an admin key, of
+    `discount.v1.AdminService` (brands and API keys).
 
     >>> with DiscountClient("127.0.0.1:50051", api_key) as client:
     ...     result = client.claim_code("acme", "user-42", "user42@example.com")
@@ -63,6 +67,7 @@ class DiscountClient:
         else:
             self._channel = grpc.secure_channel(address, credentials, options=channel_options)
         self._stub = pb_grpc.DiscountServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._admin_stub = admin_pb_grpc.AdminServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
         """Closes the channel; a `watch_claims` iterator in progress then simply ends."""
@@ -77,9 +82,9 @@ class DiscountClient:
     ) -> None:
         self.close()
 
-    def _call(self, method: str, request: Any, timeout: float | None) -> Any:
+    def _call(self, method: str, request: Any, timeout: float | None, stub: Any = None) -> Any:
         try:
-            return getattr(self._stub, method)(
+            return getattr(stub or self._stub, method)(
                 request, metadata=self._metadata, timeout=self.deadline if timeout is None else timeout
             )
         except grpc.RpcError as exc:
@@ -180,3 +185,67 @@ class DiscountClient:
             if on_disconnect is not None:
                 on_disconnect(error, delay, cursor)
             time.sleep(delay)
+
+    # -- AdminService (admin keys only) ---------------------------------------------------------
+
+    def create_brand(self, brand_id: str, display_name: str = "", *, timeout: float | None = None) -> Brand:
+        """Creates a brand; `display_name` defaults to the id. Raises `AlreadyExists` if it exists.
+        Not retried on UNAVAILABLE: the brand may have been created; listing brands tells."""
+        request = admin_pb.CreateBrandRequest(brand_id=brand_id, display_name=display_name)
+        return _admin.brand_from_proto(self._call("CreateBrand", request, timeout, self._admin_stub).brand)
+
+    def list_brands(self, page_size: int = 0, page_token: str = "", *, timeout: float | None = None) -> BrandPage:
+        """One page of brands in brand_id order (`page_size` 0 means 100, at most 1,000); pass the
+        page's `next_page_token` for the next one. `iter_brands` walks every page."""
+        request = _admin.list_brands_request(page_size, page_token)
+        return _admin.brand_page(self._call("ListBrands", request, timeout, self._admin_stub))
+
+    def iter_brands(self, page_size: int = 0, *, timeout: float | None = None) -> Iterator[Brand]:
+        """Every brand, in brand_id order, fetched a page at a time (`timeout` per page)."""
+        token = ""
+        while True:
+            page = self.list_brands(page_size, token, timeout=timeout)
+            yield from page.brands
+            token = page.next_page_token
+            if not token:
+                return
+
+    def create_api_key(
+        self, role: Role | str, brand_id: str | None = None, *, timeout: float | None = None
+    ) -> NewApiKey:
+        """Creates a key of `role` ("admin", "brand" or "service"; a brand key needs the `brand_id`
+        of an existing brand, the others none). The result holds the key's secret, which the server
+        never shows again. Not retried on UNAVAILABLE, so a retry cannot leave a second key behind."""
+        request = _admin.create_api_key_request(role, brand_id)
+        return _admin.new_api_key(self._call("CreateApiKey", request, timeout, self._admin_stub))
+
+    def revoke_api_key(self, key_id: str, *, timeout: float | None = None) -> ApiKey:
+        """Revokes a key; every server refuses it within DISCOUNT_KEY_CACHE_SECONDS (this one at
+        once). Revoking a revoked key returns it unchanged; an unknown key_id raises `NotFound`."""
+        request = admin_pb.RevokeApiKeyRequest(key_id=key_id)
+        return _admin.api_key_from_proto(self._call("RevokeApiKey", request, timeout, self._admin_stub).key)
+
+    def list_api_keys(
+        self,
+        brand_id: str | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> ApiKeyPage:
+        """One page of keys (never their secrets) in key_id order, only `brand_id`'s when given.
+        `iter_api_keys` walks every page."""
+        request = _admin.list_api_keys_request(brand_id, page_size, page_token)
+        return _admin.api_key_page(self._call("ListApiKeys", request, timeout, self._admin_stub))
+
+    def iter_api_keys(
+        self, brand_id: str | None = None, page_size: int = 0, *, timeout: float | None = None
+    ) -> Iterator[ApiKey]:
+        """Every key (only `brand_id`'s when given), in key_id order, a page at a time."""
+        token = ""
+        while True:
+            page = self.list_api_keys(brand_id, page_size, token, timeout=timeout)
+            yield from page.keys
+            token = page.next_page_token
+            if not token:
+                return
