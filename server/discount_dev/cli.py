@@ -28,7 +28,9 @@ from .stack import (
     WEB_DIST,
     DevStackError,
     EnvoyProcess,
+    RestartLimit,
     find_envoy,
+    process_ended,
     render_envoy_config,
     serve_page,
 )
@@ -122,11 +124,15 @@ def _run_stack(
                 "Ctrl-C stops everything.",
                 flush=True,
             )
+            envoy_restarts = RestartLimit()
             while not stopping.wait(0.5):
                 if server is not None and server.poll() is not None:
-                    raise DevStackError(f"`discount serve` exited with {server.returncode}")
+                    raise DevStackError(
+                        f"{process_ended('`discount serve`', server)} — without the server there is nothing to "
+                        "bridge to, so the stack stops (Envoy and the page too); its output is above"
+                    )
                 if envoy.process is not None and envoy.process.poll() is not None:
-                    raise DevStackError(f"envoy exited with {envoy.process.returncode}")
+                    _restart_envoy(envoy, envoy_restarts, envoy_url)
     finally:
         envoy.stop()
         if server is not None:
@@ -134,6 +140,23 @@ def _run_stack(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         print("dev stack stopped", flush=True)
+
+
+def _restart_envoy(envoy: EnvoyProcess, restarts: RestartLimit, envoy_url: str) -> None:
+    """Envoy is only the browser's bridge: when it ends, start it again on the same ports rather than
+    take the server and its database down; the page reconnects by itself. One that keeps dying stops
+    the stack."""
+    assert envoy.process is not None
+    ended = process_ended("envoy", envoy.process)
+    if not restarts.allow():
+        raise DevStackError(
+            f"{ended} — it ended {restarts.times + 1} times within {restarts.window_seconds:g}s, so the stack "
+            "stops rather than restart it again (the server and the page too); Envoy's output is above"
+        )
+    print(f"dev-stack: {ended} — the browser bridge is gone; restarting it on {envoy_url}…", flush=True)
+    envoy.restart()
+    assert envoy.process is not None
+    print(f"dev-stack: envoy is back (pid {envoy.process.pid}); the page reconnects by itself", flush=True)
 
 
 def cmd_dev_token(args: argparse.Namespace, settings: Settings) -> None:

@@ -43,6 +43,38 @@ class DevStackError(Exception):
     """The stack cannot start; the message says what to install or change."""
 
 
+# -- supervision ---------------------------------------------------------------------------------
+
+
+def process_ended(name: str, process: subprocess.Popen[bytes]) -> str:
+    """How a process that ended ended: "envoy (pid 123) exited with status 0", "... was killed by SIGKILL"."""
+    code = process.returncode
+    if code is not None and code < 0:
+        try:
+            how = f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"was killed by signal {-code}"
+    else:
+        how = f"exited with status {code}"
+    return f"{name} (pid {process.pid}) {how}"
+
+
+@dataclass
+class RestartLimit:
+    """Restarts allowed within a sliding window: a process that keeps dying is not restarted forever."""
+
+    times: int = 3
+    window_seconds: float = 60.0
+    _restarts: list[float] = field(default_factory=list)
+
+    def allow(self) -> bool:
+        """Counts one restart and says whether it is within the limit."""
+        now = time.monotonic()
+        self._restarts = [at for at in self._restarts if now - at < self.window_seconds]
+        self._restarts.append(now)
+        return len(self._restarts) <= self.times
+
+
 # -- Envoy ---------------------------------------------------------------------------------------
 
 
@@ -131,7 +163,8 @@ class EnvoyProcess:
         last = "not started"
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise DevStackError(f"envoy exited with {self.process.returncode}; {self._log_tail()}")
+                ended = process_ended("envoy", self.process)
+                raise DevStackError(f"{ended} before it was ready; {self._log_tail()}")
             try:
                 with urllib.request.urlopen(  # noqa: S310 - our own admin port on 127.0.0.1
                     f"http://127.0.0.1:{self.admin_port}/clusters", timeout=1
