@@ -71,11 +71,13 @@ git clone --quiet --no-hardlinks "$ROOT" "$work/src"
 # mounted for the build's RUN steps only, never copied into the image.
 mounts=()
 for file in /etc/ssl/certs/ca-certificates.crt /etc/pip.conf; do
-  [ -f "$file" ] && mounts+=(--volume "$file:$file:ro")
+  if [ -f "$file" ]; then mounts+=(--volume "$file:$file:ro"); fi
 done
 previous="$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)"
 t=$SECONDS
-podman build --quiet --format docker --build-arg "BASE_IMAGE=$BASE_IMAGE" "${mounts[@]}" \
+# --layers=false: no per-step cache images left behind by every run (the pip step reruns on any
+# source change anyway), only the tagged image.
+podman build --quiet --layers=false --format docker --build-arg "BASE_IMAGE=$BASE_IMAGE" "${mounts[@]}" \
   --tag "$IMAGE" "$work/src" >/dev/null
 build_seconds=$((SECONDS - t))
 echo "built in $build_seconds s"
