@@ -5,6 +5,7 @@ creates nothing, whether the first call has committed or is still running."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import grpc
 import psycopg
@@ -13,6 +14,7 @@ import pytest
 from discount.v1 import discount_service_pb2 as pb
 from tests.support import BIN, ServerHandle, create_brand, sql
 from tests.test_client_cli import client_env, discount
+from tests.test_error_details import BAD_REQUEST, ERROR_INFO, grpcurl_error
 
 
 def counts(url: str) -> tuple[int, int]:
@@ -45,43 +47,50 @@ FIRST = (
     '"expires_at": "2030-01-01T00:00:00Z"}'
 )
 # One parameter changed at a time (and, last, two: the first one in count, prefix, code_length,
-# expires_at order is named) -> the message grpcurl shows.
+# expires_at order is named) -> the message grpcurl shows, and the field its details name.
 REUSES = {
     "count": (
         '{"brand_id": "acme", "count": 500, "request_id": "spring-2030", "prefix": "SPRING-", '
         '"expires_at": "2030-01-01T00:00:00Z"}',
         "request_id 'spring-2030' was first used with count 1,000; this call has count 500: use a new request_id",
+        "count",
     ),
     "prefix": (
         '{"brand_id": "acme", "count": 1000, "request_id": "spring-2030", "prefix": "OTHER-", '
         '"expires_at": "2030-01-01T00:00:00Z"}',
         "request_id 'spring-2030' was first used with prefix 'SPRING-'; this call has prefix 'OTHER-': "
         "use a new request_id",
+        "prefix",
     ),
     "no prefix": (
         '{"brand_id": "acme", "count": 1000, "request_id": "spring-2030", "expires_at": "2030-01-01T00:00:00Z"}',
         "request_id 'spring-2030' was first used with prefix 'SPRING-'; this call has no prefix: use a new request_id",
+        "prefix",
     ),
     "code_length": (
         '{"brand_id": "acme", "count": 1000, "request_id": "spring-2030", "prefix": "SPRING-", "code_length": 10, '
         '"expires_at": "2030-01-01T00:00:00Z"}',
         "request_id 'spring-2030' was first used with code_length 12; this call has code_length 10: "
         "use a new request_id",
+        "code_length",
     ),
     "expires_at": (
         '{"brand_id": "acme", "count": 1000, "request_id": "spring-2030", "prefix": "SPRING-", '
         '"expires_at": "2031-06-30T12:00:00Z"}',
         "request_id 'spring-2030' was first used with expires_at 2030-01-01T00:00:00Z; this call has expires_at "
         "2031-06-30T12:00:00Z: use a new request_id",
+        "expires_at",
     ),
     "no expires_at": (
         '{"brand_id": "acme", "count": 1000, "request_id": "spring-2030", "prefix": "SPRING-"}',
         "request_id 'spring-2030' was first used with expires_at 2030-01-01T00:00:00Z; this call has no expires_at: "
         "use a new request_id",
+        "expires_at",
     ),
     "count and prefix": (
         '{"brand_id": "acme", "count": 500, "request_id": "spring-2030", "prefix": "OTHER-"}',
         "request_id 'spring-2030' was first used with count 1,000; this call has count 500: use a new request_id",
+        "count",
     ),
 }
 
@@ -92,10 +101,13 @@ async def test_reused_request_id_with_other_parameters_is_refused_through_grpcur
     assert code == 0, err
     assert counts(server.database_url) == (1, 1000)
 
-    for case, (body, message) in REUSES.items():
-        code, out, err = await grpcurl(server, body)
-        assert code != 0, (case, out)
-        assert err.splitlines()[:3] == ["ERROR:", "  Code: FailedPrecondition", f"  Message: {message}"], case
+    for case, (body, message, field) in REUSES.items():
+        error = await grpcurl_error(server.address, "GenerateCodes", json.loads(body), server.admin_key)
+        assert error.output.splitlines()[:3] == ["ERROR:", "  Code: FailedPrecondition", f"  Message: {message}"]
+        info = error.detail(ERROR_INFO)
+        assert (info["domain"], info["reason"]) == ("discount.v1", "IDEMPOTENCY_KEY_REUSED"), case
+        assert info["metadata"] == {"brand_id": "acme", "request_id": "spring-2030"}, case
+        assert [v["field"] for v in error.detail(BAD_REQUEST)["field_violations"]] == [field], case
         assert counts(server.database_url) == (1, 1000), case
 
     # The same parameters again, code_length spelled as the default it stands for: the first batch.
