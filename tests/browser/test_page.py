@@ -130,6 +130,8 @@ def test_claim_page_explains_no_codes_left_and_not_signed_in(stack: Stack, brows
     browser.click("#claim-button")
     browser.wait_for("return document.querySelector('#claim-error').dataset.code === 'ResourceExhausted';")
     assert browser.text("#claim-error").startswith("No codes left")
+    # The page reads the service's reason from the error details (through Envoy), not the status alone.
+    assert browser.evaluate("return document.querySelector('#claim-error').dataset.reason;") == "NO_CODES_LEFT"
     assert not browser.call("visible", selector="#claim-result")
     browser.screenshot(output_dir / "no-codes-left.png")
     assert sql(url, "SELECT count(*) FROM claims") == [(0,)]

@@ -3,6 +3,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { DiscountClient } from "./client.js";
 import { byId } from "./dom.js";
+import { errorField, errorReason } from "./errors.js";
 
 interface TokenClaims {
   sub?: unknown;
@@ -23,11 +24,27 @@ export function readToken(token: string): TokenClaims | null {
   }
 }
 
-/** What the shopper should read for each way a claim can fail. */
+/**
+ * What the shopper should read for each way a claim can fail: by the service's reason, never by the
+ * status code alone (RESOURCE_EXHAUSTED is "no codes left" only when the service says NO_CODES_LEFT;
+ * gRPC's own message size limit answers with the same code).
+ */
 export function claimErrorMessage(err: ConnectError, signedIn: boolean): string {
+  switch (errorReason(err)) {
+    case "NO_CODES_LEFT":
+      return "No codes left: this brand has given out all of its discount codes. Please check back later.";
+    case "BRAND_NOT_FOUND":
+      return `Unknown brand: ${err.rawMessage}.`;
+    case "INVALID_FIELD": {
+      const field = errorField(err);
+      return `Please check the form${field ? ` (${field})` : ""}: ${err.rawMessage}.`;
+    }
+    case "DATABASE_UNAVAILABLE":
+      return "The discount service cannot be reached right now; please try again in a moment.";
+  }
   switch (err.code) {
     case Code.ResourceExhausted:
-      return "No codes left: this brand has given out all of its discount codes. Please check back later.";
+      return "That request is too large for the discount service; please shorten what you entered.";
     case Code.Unauthenticated:
       return signedIn
         ? `Not signed in: your sign-in is no longer valid (${err.rawMessage}).`
@@ -111,6 +128,7 @@ export function setupClaimView(client: DiscountClient, brand: string): void {
       const e = ConnectError.from(err);
       errorBox.textContent = claimErrorMessage(e, token !== "");
       errorBox.dataset.code = Code[e.code];
+      errorBox.dataset.reason = errorReason(e);
       errorBox.hidden = false;
     } finally {
       button.disabled = false;
