@@ -476,9 +476,11 @@ print(json.dumps({
 
 
 def describe_layer(created_by: str) -> str:
-    text = created_by.removeprefix("/bin/sh -c ").removeprefix("#(nop) ").strip()
-    if text.startswith("COPY") and "/opt/discount" in text:
+    text = created_by.removeprefix("/bin/sh -c ").strip()
+    if text.startswith("#(nop) COPY") and "/opt/discount" in text:
         return "(COPY of the virtualenv /opt/discount)"
+    if text.startswith("#(nop)"):  # built with --layers=false: the stage's steps make one layer
+        return "(the runtime stage's user and virtualenv, one layer)"
     return f"({text[:40]})"
 
 
