@@ -145,7 +145,8 @@ def _dumps(value: Any, indent: str = "", width: int = 110) -> str:
     lines: list[str] = []
     packed = ""
     for key, item in pairs:
-        text = (f"{json.dumps(key)}: " if key is not None else "") + _dumps(item, inner, width)
+        prefix = f"{json.dumps(key)}: " if key is not None else ""
+        text = prefix + _dumps(item, inner, width - len(prefix))
         if "\n" in text or len(inner) + len(packed) + len(text) + 3 > width:
             if packed:
                 lines.append(inner + packed)
