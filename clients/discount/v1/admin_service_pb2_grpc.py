@@ -90,7 +90,8 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RevokeApiKey(self, request, context):
-        """RevokeApiKey stops a key from working (within DISCOUNT_KEY_CACHE_SECONDS); revoking twice is harmless.
+        """RevokeApiKey stops a key from working: at once on the server that revoked it, within
+        DISCOUNT_KEY_CACHE_SECONDS on every other. Revoking twice is harmless; an unknown key_id is NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

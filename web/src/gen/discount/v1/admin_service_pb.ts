@@ -107,14 +107,15 @@ export const CreateBrandResponseSchema: GenMessage<CreateBrandResponse> = /*@__P
  */
 export type ListBrandsRequest = Message<"discount.v1.ListBrandsRequest"> & {
   /**
-   * Brands per page: 0 means 100, at most 1,000.
+   * Brands per page: 0 means 100, at most 1,000 (more is INVALID_ARGUMENT).
    *
    * @generated from field: uint32 page_size = 1;
    */
   pageSize: number;
 
   /**
-   * Empty for the first page, else the next_page_token of the previous page.
+   * Empty for the first page, else the next_page_token of the previous page. Opaque; a token the service
+   * did not issue, or one of another listing, is INVALID_ARGUMENT.
    *
    * @generated from field: string page_token = 2;
    */
@@ -163,7 +164,7 @@ export const ListBrandsResponseSchema: GenMessage<ListBrandsResponse> = /*@__PUR
  */
 export type ApiKey = Message<"discount.v1.ApiKey"> & {
   /**
-   * Public identifier of the key (the part after `dsk_` in the secret).
+   * Public identifier of the key (in the secret `dsk_<key_id>_<random>`).
    *
    * @generated from field: string key_id = 1;
    */
@@ -310,21 +311,22 @@ export const RevokeApiKeyResponseSchema: GenMessage<RevokeApiKeyResponse> = /*@_
  */
 export type ListApiKeysRequest = Message<"discount.v1.ListApiKeysRequest"> & {
   /**
-   * Only keys of this brand when set; empty lists every key.
+   * Only keys of this brand when set (an unknown brand is NOT_FOUND); empty lists every key.
    *
    * @generated from field: string brand_id = 1;
    */
   brandId: string;
 
   /**
-   * Keys per page: 0 means 100, at most 1,000.
+   * Keys per page: 0 means 100, at most 1,000 (more is INVALID_ARGUMENT).
    *
    * @generated from field: uint32 page_size = 2;
    */
   pageSize: number;
 
   /**
-   * Empty for the first page, else the next_page_token of the previous page.
+   * Empty for the first page, else the next_page_token of the previous page, asked with the same brand_id.
+   * Opaque; a token the service did not issue, or one of another listing or brand_id, is INVALID_ARGUMENT.
    *
    * @generated from field: string page_token = 3;
    */
@@ -445,7 +447,8 @@ export const AdminService: GenService<{
     output: typeof CreateApiKeyResponseSchema;
   },
   /**
-   * RevokeApiKey stops a key from working (within DISCOUNT_KEY_CACHE_SECONDS); revoking twice is harmless.
+   * RevokeApiKey stops a key from working: at once on the server that revoked it, within
+   * DISCOUNT_KEY_CACHE_SECONDS on every other. Revoking twice is harmless; an unknown key_id is NOT_FOUND.
    *
    * @generated from rpc discount.v1.AdminService.RevokeApiKey
    */
