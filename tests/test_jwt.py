@@ -284,3 +284,82 @@ def test_dev_token_mints_a_token_the_server_accepts(stack: Stack):
         stack, "envoy", "ClaimCode", claim("acme", "cli-shopper", "cli@example.com"), bearer(minted)
     )
     assert status == "OK" and reply.claim.user_id == "cli-shopper"
+
+
+# -- clock-skew leeway (DISCOUNT_JWT_LEEWAY_SECONDS, default 5 s) ---------------------------------
+
+
+def expired_token(user: str, seconds_ago: int) -> str:
+    """A token made with a 1 s ttl that expired `seconds_ago` seconds ago."""
+    exp = int(time.time()) - seconds_ago
+    return jwt.encode({"sub": user, "iat": exp - 1, "exp": exp}, JWT_SECRET, algorithm="HS256")
+
+
+@pytest.mark.parametrize("door", DOORS)
+def test_an_expired_token_works_only_within_the_default_leeway(stack: Stack, door: str):
+    user = f"leeway-{door}"
+    request = claim("acme", user, f"{user}@example.com")
+    status, message, _ = call(stack, door, "ClaimCode", request, bearer(expired_token(user, 7)))
+    assert (status, message) == ("UNAUTHENTICATED", "the bearer token has expired; sign in again")
+    assert claims_of(stack, user) == []
+    status, _, reply = call(stack, door, "ClaimCode", request, bearer(expired_token(user, 2)))
+    assert status == "OK" and reply.claim.user_id == user
+
+
+def test_a_dev_token_with_ttl_1_is_refused_7_seconds_after_it_expired(stack: Stack):
+    env = {**os.environ, "DISCOUNT_JWT_SECRET": JWT_SECRET}
+    minted = subprocess.run(
+        [str(BIN / "discount"), "dev-token", "ttl-shopper", "--ttl", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.strip()
+    exp = jwt.decode(minted, JWT_SECRET, algorithms=["HS256"], options={"verify_exp": False})["exp"]
+    request = claim("acme", "ttl-shopper", "ttl@example.com")
+
+    time.sleep(max(0.0, exp + 2 - time.time()))  # expired 2 s ago: within the 5 s leeway
+    status, message, reply = call(stack, "grpc", "ClaimCode", request, bearer(minted))
+    assert status == "OK", message
+    assert time.time() - exp < 5
+    time.sleep(max(0.0, exp + 7 - time.time()))
+    status, message, _ = call(stack, "grpc", "ClaimCode", request, bearer(minted))
+    assert (status, message) == ("UNAUTHENTICATED", "the bearer token has expired; sign in again")
+    assert claims_of(stack, "ttl-shopper") == [(reply.claim.code,)]
+
+
+async def test_leeway_0_refuses_a_token_the_second_it_expires(database_url: str):
+    create_brand(database_url, "acme")
+    generate_codes_sql(database_url, "acme", 10)
+    async with in_process_server(database_url, jwt_secret=JWT_SECRET, jwt_leeway_seconds=0.0) as (_, handle):
+        status, message = await claim_status(handle, "strict", bearer(expired_token("strict", 1)))
+        assert (status, message) == ("UNAUTHENTICATED", "the bearer token has expired; sign in again")
+        assert await claim_status(handle, "strict", bearer(token("strict", "strict@example.com"))) == ("OK", "")
+
+
+def test_the_leeway_setting_reaches_the_verifier():
+    assert JwtVerifier.from_settings(Settings.from_env({"DISCOUNT_JWT_SECRET": JWT_SECRET})).leeway == 5
+    custom = Settings.from_env({"DISCOUNT_JWT_SECRET": JWT_SECRET, "DISCOUNT_JWT_LEEWAY_SECONDS": "1.5"})
+    assert JwtVerifier.from_settings(custom).leeway == 1.5
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("soon", "DISCOUNT_JWT_LEEWAY_SECONDS='soon' is not a number of seconds"),
+        ("-1", "DISCOUNT_JWT_LEEWAY_SECONDS=-1 must be between 0 and 300 seconds"),
+        ("301", "DISCOUNT_JWT_LEEWAY_SECONDS=301 must be between 0 and 300 seconds"),
+        ("nan", "DISCOUNT_JWT_LEEWAY_SECONDS=nan must be between 0 and 300 seconds"),
+    ],
+)
+def test_a_bad_leeway_stops_discount_serve(database_url: str, raw: str, message: str):
+    env = {
+        **os.environ,
+        "DISCOUNT_DATABASE_URL": database_url,
+        "DISCOUNT_LISTEN": "127.0.0.1:0",
+        "DISCOUNT_JWT_SECRET": JWT_SECRET,
+        "DISCOUNT_JWT_LEEWAY_SECONDS": raw,
+    }
+    done = subprocess.run([str(BIN / "discount"), "serve"], env=env, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (1, f"discount: {message}\n")
