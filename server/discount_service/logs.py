@@ -19,3 +19,6 @@ def configure_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, handlers=[handler], force=True)
     # psycopg_pool logs connection failures at WARNING on every retry; our own lines say it once.
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+    # grpc.aio writes "Loaded running loop" at DEBUG for every call; at DEBUG the log is for our
+    # own per-call lines. (gRPC's own tracing is GRPC_VERBOSITY and GRPC_TRACE.)
+    logging.getLogger("grpc._cython.cygrpc").setLevel(logging.INFO)
