@@ -76,17 +76,36 @@ export function setupClaimView(client: DiscountClient, brand: string): void {
   const errorBox = byId("claim-error");
   brandInput.value = brand;
 
+  // The line under the token says what state the token is in, never "Signed in as" for one that is
+  // not: the page sees expiry itself; a forged or otherwise refused token only from the service's
+  // UNAUTHENTICATED, which the page cannot tell apart from a real one before it asks.
   let userId = "";
+  let expiresAt: Date | null = null;
+  let expiryTimer: ReturnType<typeof setTimeout> | undefined;
+  const showState = (state: "none" | "malformed" | "signed-in" | "expired" | "invalid", text: string): void => {
+    who.dataset.state = state;
+    who.textContent = text;
+  };
   const onToken = (): void => {
+    clearTimeout(expiryTimer);
     const token = tokenInput.value.trim();
     const claims = token ? readToken(token) : null;
     userId = claims && typeof claims.sub === "string" ? claims.sub : "";
     const email = claims && typeof claims.email === "string" ? claims.email : "";
+    expiresAt = claims && typeof claims.exp === "number" ? new Date(claims.exp * 1000) : null;
     if (email) emailInput.value = email;
-    if (!token) who.textContent = "Not signed in.";
-    else if (!userId) who.textContent = "This does not look like a sign-in token.";
-    else who.textContent = `Signed in as ${userId}${email ? ` (${email})` : ""}.`;
+    if (!token) showState("none", "Not signed in.");
+    else if (!userId) showState("malformed", "This does not look like a sign-in token.");
+    else if (expiresAt && expiresAt.getTime() <= Date.now()) showExpired(expiresAt);
+    else {
+      showState("signed-in", `Signed in as ${userId}${email ? ` (${email})` : ""}.`);
+      const left = expiresAt ? expiresAt.getTime() - Date.now() : Infinity;
+      // setTimeout holds at most ~24.8 days; a token that lives longer is re-checked when edited.
+      if (left < 2 ** 31 - 1) expiryTimer = setTimeout(onToken, left + 50);
+    }
   };
+  const showExpired = (at: Date): void =>
+    showState("expired", `Token expired at ${at.toLocaleString()}: sign in again to get a new one.`);
   tokenInput.addEventListener("input", onToken);
   onToken();
 
@@ -126,6 +145,10 @@ export function setupClaimView(client: DiscountClient, brand: string): void {
       result.hidden = false;
     } catch (err) {
       const e = ConnectError.from(err);
+      if (token && userId && e.code === Code.Unauthenticated) {
+        if (expiresAt && expiresAt.getTime() <= Date.now()) showExpired(expiresAt);
+        else showState("invalid", `Token not valid: ${e.rawMessage}.`);
+      }
       errorBox.textContent = claimErrorMessage(e, token !== "");
       errorBox.dataset.code = Code[e.code];
       errorBox.dataset.reason = errorReason(e);
