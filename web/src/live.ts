@@ -34,7 +34,11 @@ export function setupLiveView(client: DiscountClient, brand: string): void {
   const reconnectsEl = byId("live-reconnects");
   const scroller = byId("live-scroll");
   const tbody = byId<HTMLTableElement>("live-table").tBodies[0];
-  const sparkline = new Sparkline(byId<HTMLCanvasElement>("live-sparkline"));
+  const sparkline = new Sparkline({
+    canvas: byId<HTMLCanvasElement>("live-sparkline"),
+    max: byId("live-spark-max"),
+    empty: byId("live-spark-empty"),
+  });
   brandInput.value = brand;
 
   let controller: AbortController | null = null;
@@ -51,9 +55,12 @@ export function setupLiveView(client: DiscountClient, brand: string): void {
   }, 1000);
   sparkline.draw();
 
-  const setStatus = (state: State, text: string): void => {
+  // `detail` is the transport's own wording ("Unknown: Failed to fetch"): kept as the pill's tooltip
+  // for whoever debugs, never in its text.
+  const setStatus = (state: State, text: string, detail = ""): void => {
     status.dataset.state = state;
     status.textContent = text;
+    status.title = detail;
   };
 
   form.addEventListener("submit", (event) => {
@@ -120,6 +127,7 @@ export function setupLiveView(client: DiscountClient, brand: string): void {
       setStatus("connecting", `Connecting (after #${lastSequence})…`);
       const settled = setTimeout(() => setStatus("live", "Live."), SETTLED_MS);
       let problem: string;
+      let detail = "";
       try {
         // Runs of claims per message: in a flash sale the server sends a page a few messages a
         // second instead of one per claim (docs/performance.md, sections 9 and 11).
@@ -133,7 +141,7 @@ export function setupLiveView(client: DiscountClient, brand: string): void {
           if (response.claim) receive(response.claim);
           retryMs = FIRST_RETRY_MS;
         }
-        problem = "the server ended the stream";
+        problem = "Server closed the feed";
       } catch (err) {
         if (signal.aborted) return;
         const e = ConnectError.from(err);
@@ -144,14 +152,15 @@ export function setupLiveView(client: DiscountClient, brand: string): void {
           stop();
           return;
         }
-        problem = `${Code[e.code]}: ${e.rawMessage}`;
+        problem = "Connection lost";
+        detail = `${Code[e.code]}: ${e.rawMessage}`;
       } finally {
         clearTimeout(settled);
       }
       if (signal.aborted) return;
       reconnects += 1;
       reconnectsEl.textContent = String(reconnects);
-      setStatus("reconnecting", `Connection lost (${problem}); reconnecting from #${lastSequence}…`);
+      setStatus("reconnecting", `${problem}; reconnecting from #${lastSequence}…`, detail);
       await sleep(retryMs, signal);
       retryMs = Math.min(retryMs * 2, MAX_RETRY_MS);
     }

@@ -51,6 +51,7 @@ const commands = {
     return { value: await handle.jsonValue() };
   },
   eval: async ({ body, arg }) => ({ value: await page.evaluate(new Function("arg", body), arg) }),
+  viewport: async ({ width, height }) => (await page.setViewportSize({ width, height }), {}),
   screenshot: async ({ path, fullPage }) => (await page.screenshot({ path, fullPage: fullPage ?? true }), {}),
   console: async () => ({ value: consoleLines.splice(0) }),
   close: async () => {
