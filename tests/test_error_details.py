@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import pytest
 from discount_client import AsyncDiscountClient, DiscountClient, InvalidArgument, NoCodesLeft, RequestTooLarge
 from discount_dev.postgres import PrivatePostgres
 from discount_service.store import Store
+from tests.readme_support import README_ADDRESS, code_blocks, readme_section
 from tests.support import BIN, ServerHandle, create_brand, create_key, generate_codes_sql, in_process_server, sql
 
 SERVICE = "discount.v1.DiscountService"
@@ -212,3 +214,30 @@ async def test_the_client_exposes_the_field_of_a_bad_request(server: ServerHandl
         with pytest.raises(InvalidArgument) as generate:
             await client.generate_codes("acme", 10, prefix="lower-case")
         assert (generate.value.reason, generate.value.field) == ("INVALID_FIELD", "prefix")
+
+
+async def test_the_readme_error_example_is_what_grpcurl_prints(server: ServerHandle) -> None:
+    """The README's grpcurl error example, run as written: grpcurl prints exactly the documented lines."""
+    (example,) = [b for b in code_blocks(readme_section("Calling it by hand (grpcurl)"), "text") if "Details:" in b]
+    # The command is the "$ " line and its backslash continuations; the rest is the output.
+    lines = example.splitlines()
+    end = next(i for i, line in enumerate(lines) if not line.endswith("\\"))
+    command = " ".join(line.rstrip("\\").strip() for line in lines[: end + 1]).removeprefix("$ ")
+    printed = lines[end + 1 :]
+    create_brand(server.database_url, "acme")
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "SERVICE_KEY": create_key(server.database_url, "service"),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        "bash",
+        "-c",
+        command.replace(README_ADDRESS, server.address),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 64 + 3  # grpcurl exits 64 + the status code (INVALID_ARGUMENT = 3)
+    assert out.decode().splitlines() == printed
