@@ -89,7 +89,9 @@ class ClaimBatcher:
         except BaseException as exc:  # never leave a caller waiting (e.g. cancelled at shutdown)
             for p in batch + queue.pending:
                 if not p.future.done():
-                    p.future.set_exception(errors.Unavailable("the server is stopping; retry"))
+                    p.future.set_exception(
+                        errors.Unavailable("the server is stopping; retry", reason="SERVER_STOPPING")
+                    )
             queue.pending.clear()
             if not isinstance(exc, Exception):
                 raise
