@@ -101,11 +101,8 @@ def test_concurrent_starts_migrate_once(databases: Databases) -> None:
     """Several processes starting at once on an empty database: one migrates, all succeed."""
     url = databases.create()
     try:
-        sql(
-            url,
-            "DROP FUNCTION discount_claim; DROP TABLE claims, codes, code_batches, api_keys, brand_feed_heads,"
-            " brands, schema_migrations",
-        )
+        # Empty the migrated clone whatever the migrations made, so the test needs no list of objects.
+        sql(url, "DROP SCHEMA public CASCADE; CREATE SCHEMA public")
         with ThreadPoolExecutor(6) as pool:
             results = list(pool.map(lambda _: discount("migrate", url=url), range(6)))
         assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
