@@ -13,9 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tests.browser.support import Browser, Stack, token
+from tests.browser.support import JWT_SECRET, Browser, Stack, token
 from tests.browser.test_page import STATE, make_claims, open_live_view
-from tests.support import create_brand, generate_codes_sql
+from tests.support import create_brand, generate_codes_sql, start_server_process, stop_process
 
 PHONE = {"width": 390, "height": 844}
 
@@ -93,6 +93,39 @@ def test_connection_lost_pill_is_words_on_one_line(stack: Stack, browser: Browse
 
     stack.envoy.start()
     browser.wait_for(STATE, "live", timeout=30)
+
+
+# Every text the pill shows, in order, recorded in the page (some last only a few hundred ms).
+RECORD_PILL = (
+    "window.pillTexts = []; const pill = document.querySelector('#live-status');"
+    "new MutationObserver(() => window.pillTexts.push(pill.textContent))"
+    ".observe(pill, {childList: true, characterData: true, subtree: true}); return true;"
+)
+
+
+def test_pill_says_the_server_closed_the_feed_then_that_the_service_is_unavailable(
+    stack: Stack, browser: Browser, output_dir: Path
+):
+    url = stack.database_url
+    create_brand(url, "acme")
+    generate_codes_sql(url, "acme", 10)
+    open_live_view(stack, browser, "acme")
+    make_claims(stack, "acme", range(2))
+    browser.wait_for("return document.querySelector('#live-last-seq').textContent === '2';")
+    browser.evaluate(RECORD_PILL)
+
+    # SIGTERM: the server ends the stream on its way out, then Envoy has no server behind it.
+    port = int(stack.server.address.rsplit(":", 1)[1])
+    assert stop_process(stack.server) == 0
+    browser.wait_for("return window.pillTexts.some(t => t.startsWith('Service unavailable'));")
+    browser.screenshot(output_dir / "service-unavailable.png")
+    stack.server = start_server_process(
+        url, port, log_path=output_dir / "server-2.log", extra_env={"DISCOUNT_JWT_SECRET": JWT_SECRET}
+    )
+    browser.wait_for(STATE, "live", timeout=30)
+    texts = [text for text in browser.evaluate("return window.pillTexts;") if "reconnecting" in text]
+    assert texts[0] == "Server closed the feed; reconnecting from #2…", texts
+    assert set(texts[1:]) == {"Service unavailable; reconnecting from #2…"}, texts
 
 
 def test_sparkline_has_a_label_a_scale_and_says_when_there_are_no_claims(

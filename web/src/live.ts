@@ -152,7 +152,9 @@ export function setupLiveView(client: DiscountClient, brand: string): void {
           stop();
           return;
         }
-        problem = "Connection lost";
+        // Unavailable comes from Envoy (no healthy server behind it) or the server (its database):
+        // the page reached them. Anything else here is the page losing its connection to Envoy.
+        problem = e.code === Code.Unavailable ? "Service unavailable" : "Connection lost";
         detail = `${Code[e.code]}: ${e.rawMessage}`;
       } finally {
         clearTimeout(settled);
