@@ -59,6 +59,34 @@ def _migrations() -> list[tuple[str, str]]:
     return [(name.removesuffix(".sql"), folder.joinpath(name).read_text()) for name in files]
 
 
+# A comment, a quoted string or identifier, a dollar-quote opening tag, or a statement's end.
+_SQL_TOKEN = re.compile(r"""--[^\n]*|/\*.*?\*/|'(?:[^']|'')*'|"(?:[^"]|"")*"|(\$[A-Za-z_0-9]*\$)|;""", re.DOTALL)
+
+
+def split_statements(script: str) -> list[str]:
+    """The statements of an SQL script, each without its `;`. A migration is sent one statement per
+    message: Citus forwards some DDL (CREATE INDEX, ALTER TABLE ... ADD FOREIGN KEY) to the workers
+    as a prepared statement, which cannot hold several commands."""
+    statements: list[str] = []
+    start = pos = 0
+    while found := _SQL_TOKEN.search(script, pos):
+        pos = found.end()
+        if tag := found.group(1):  # a dollar-quoted body runs to the same tag
+            end = script.find(tag, pos)
+            if end < 0:
+                raise ValueError(f"unterminated dollar quote {tag}")
+            pos = end + len(tag)
+        elif found.group(0) == ";":
+            statements.append(script[start : found.start()])
+            start = pos
+    statements.append(script[start:])
+    return [s.strip() for s in statements if _SQL_TOKEN.sub(_drop_comment, s).strip()]
+
+
+def _drop_comment(token: re.Match[str]) -> str:
+    return "" if token.group(0).startswith(("--", "/*")) else token.group(0)
+
+
 def _is_connection_error(exc: BaseException) -> bool:
     return isinstance(
         exc,
@@ -222,14 +250,22 @@ class Store:
                         await conn.execute(QUERIES["create_migrations_table"])
                     cur = await conn.execute(QUERIES["applied_migrations"])
                     done = {row[0] for row in await cur.fetchall()}
+                    cur = await conn.execute(QUERIES["citus_installed"])
+                    row = await cur.fetchone()
+                    citus = bool(row and row[0])
                     for version, sql in _migrations():
                         if version in done:
                             continue
                         async with conn.transaction():
-                            await conn.execute(sql.encode())
+                            if citus:
+                                await conn.execute(QUERIES["citus_sequential_ddl"])
+                            for statement in split_statements(sql):
+                                await conn.execute(statement.encode())
                             await conn.execute(QUERIES["record_migration"], {"version": version})
                         applied.append(version)
                         log.info("applied migration %s", version)
+                    if citus:
+                        await _distribute(conn)
                 finally:
                     await conn.execute(QUERIES["unlock_migrations"], lock)
         return applied
@@ -525,6 +561,34 @@ class Store:
         if not rows:
             raise errors.FailedPrecondition("the database has no page-token secret; run `discount migrate`")
         return bytes(rows[0][0])
+
+
+# The Citus layout (docs/scaling.md): the small tables every node reads are copied to every node;
+# the brand-keyed ones are split by brand_key, colocated, so all rows of one brand are on one node.
+CITUS_REFERENCE_TABLES = ("brands", "api_keys")
+CITUS_DISTRIBUTED_TABLES = ("brand_feed_heads", "codes", "claims", "code_batches")
+
+
+async def _distribute(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Puts the tables Citus does not manage yet into the Citus layout, in one transaction."""
+    cur = await conn.execute(QUERIES["citus_tables"])
+    managed = {row[0] for row in await cur.fetchall()}
+    missing = [t for t in (*CITUS_REFERENCE_TABLES, *CITUS_DISTRIBUTED_TABLES) if t not in managed]
+    if not missing:
+        return
+    async with conn.transaction():
+        await conn.execute(QUERIES["citus_sequential_ddl"])
+        await conn.execute(QUERIES["citus_keep_foreign_keys"])
+        for table in CITUS_REFERENCE_TABLES:
+            if table in missing:
+                await conn.execute(QUERIES["citus_create_reference_table"], {"table": table})
+        first = CITUS_DISTRIBUTED_TABLES[0]
+        for table in CITUS_DISTRIBUTED_TABLES:
+            if table in missing:
+                colocate_with = "default" if table == first else first
+                params = {"table": table, "colocate_with": colocate_with}
+                await conn.execute(QUERIES["citus_create_distributed_table"], params)
+    log.info("distributed %s over the Citus cluster", ", ".join(missing))
 
 
 def _api_key(row: tuple[Any, ...]) -> ApiKeyInfo:

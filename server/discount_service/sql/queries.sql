@@ -244,3 +244,37 @@ LIMIT %(limit)s;
 -- name: admin_page_token_secret
 -- The per-database secret that signs AdminService page tokens (server_secrets, migration 0006).
 SELECT secret FROM server_secrets WHERE name = 'page_token';
+
+-- Citus -------------------------------------------------------------------------------------
+-- On a Citus coordinator, Store.migrate distributes the tables by brand after the migrations
+-- (docs/scaling.md). On plain PostgreSQL only citus_installed runs.
+
+-- name: citus_installed
+-- Whether this database is a Citus cluster's (the citus extension is created in it).
+SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus');
+
+-- name: citus_sequential_ddl
+-- For the rest of the transaction, one connection per worker: DDL on a table with a foreign key
+-- to a reference table (every brand-keyed table: brands) fails after a parallel (multi-connection)
+-- operation on a distributed table in the same transaction.
+SET LOCAL citus.multi_shard_modify_mode TO 'sequential';
+
+-- name: citus_keep_foreign_keys
+-- For the rest of the transaction, making a reference table leaves the local tables whose foreign
+-- keys point at it alone. Otherwise create_reference_table('brands') turns each of them into a
+-- Citus-local table, and one with an identity column (code_batches) can then not be distributed.
+-- Every table that references brands is distributed in the same transaction.
+SET LOCAL citus.enable_local_reference_table_foreign_keys TO off;
+
+-- name: citus_tables
+-- The tables Citus already manages, by name.
+SELECT logicalrelid::regclass::text FROM pg_dist_partition;
+
+-- name: citus_create_reference_table
+-- A copy of the table on every node (small tables every node reads).
+SELECT create_reference_table(%(table)s::regclass);
+
+-- name: citus_create_distributed_table
+-- The table split into shards by brand_key, the same brand_key on the same node as the other
+-- brand-keyed tables' (colocate_with: a table already distributed, or 'default' for the first).
+SELECT create_distributed_table(%(table)s::regclass, 'brand_key', colocate_with => %(colocate_with)s);

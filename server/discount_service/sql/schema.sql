@@ -54,10 +54,12 @@ CREATE TABLE server_secrets (
 );
 
 -- One row per GenerateCodes call; the unique (brand_key, request_id) makes a retried call wait for
--- the first one and then return its batch instead of generating twice.
+-- the first one and then return its batch instead of generating twice. Every key includes
+-- brand_key, so the table can be distributed by brand (docs/scaling.md); batch_key and batch_id
+-- are unique on their own anyway (an identity value, a random UUID).
 CREATE TABLE code_batches (
-    batch_key   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    batch_id    uuid NOT NULL UNIQUE,
+    batch_key   bigint GENERATED ALWAYS AS IDENTITY,
+    batch_id    uuid NOT NULL,
     brand_key   integer NOT NULL REFERENCES brands (brand_key),
     request_id  text,
     generated   integer NOT NULL,
@@ -65,6 +67,8 @@ CREATE TABLE code_batches (
     prefix      text NOT NULL,
     expires_at  timestamptz,
     created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (brand_key, batch_key),
+    UNIQUE (brand_key, batch_id),
     UNIQUE (brand_key, request_id)
 );
 
