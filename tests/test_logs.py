@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -35,8 +38,17 @@ def discount(*args: str, env: dict[str, str]) -> str:
     return done.stdout
 
 
-def test_serve_on_the_embedded_database_logs_one_line_per_event(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """DISCOUNT_DATA_DIR outside pytest's temporary root: as root, the embedded PostgreSQL runs as a
+    user of its own, and another pytest run starting meanwhile makes that root private again."""
+    path = Path(tempfile.mkdtemp(prefix="discount-logs-"))
+    path.chmod(0o755)
+    yield path / "data"
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_serve_on_the_embedded_database_logs_one_line_per_event(data_dir: Path, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DISCOUNT_", "GRPC_"))}
     env.update(DISCOUNT_DATA_DIR=str(data_dir), DISCOUNT_LISTEN=f"127.0.0.1:{free_port()}")
     log_path = tmp_path / "server.log"
