@@ -130,10 +130,16 @@ def create_brand(url: str, brand_id: str, name: str = "") -> int:
 def create_key(url: str, role: str, brand_id: str | None = None) -> str:
     """An API key of `role` (for `brand_id` when the role is brand); returns the secret key."""
     key_id, key, key_hash = new_api_key()
+    brands = execute(url, QUERIES["get_brand_key"], {"brand_id": brand_id}) if brand_id is not None else []
     execute(
         url,
         QUERIES["create_api_key"],
-        {"key_id": key_id, "key_hash": key_hash, "role": Role(role).value, "brand_id": brand_id},
+        {
+            "key_id": key_id,
+            "key_hash": key_hash,
+            "role": Role(role).value,
+            "brand_key": brands[0][0] if brands else None,
+        },
     )
     return key
 

@@ -94,6 +94,28 @@ def _is_connection_error(exc: BaseException) -> bool:
     ) and not isinstance(exc, psycopg.errors.QueryCanceled)
 
 
+_UNIQUE_VIOLATION = re.compile(r'duplicate key value violates unique constraint "(.+)"')
+
+
+def unique_violation(exc: BaseException) -> str | None:
+    """The unique constraint `exc` violates ("" if it does not say), or None for another error.
+
+    The same on plain PostgreSQL and Citus. Through Citus, the violation happens in a shard: the
+    error names the shard's copy of the constraint (`brands_brand_id_key_102008`) in its message
+    only, and a collision inside a COPY arrives as an internal error (XX000) with that message; the
+    shard id is cut off, leaving the constraint's name."""
+    if not isinstance(exc, psycopg.Error):
+        return None
+    if isinstance(exc, psycopg.errors.UniqueViolation) and exc.diag.constraint_name:
+        return exc.diag.constraint_name
+    if not isinstance(exc, psycopg.errors.UniqueViolation | psycopg.errors.InternalError_):
+        return None
+    found = _UNIQUE_VIOLATION.fullmatch(exc.diag.message_primary or "")
+    if found is None:
+        return "" if isinstance(exc, psycopg.errors.UniqueViolation) else None
+    return re.sub(r"_\d+$", "", found.group(1))
+
+
 @contextlib.contextmanager
 def translate_errors() -> Iterator[None]:
     """Turns a psycopg error into the domain error that says what happened."""
@@ -101,8 +123,10 @@ def translate_errors() -> Iterator[None]:
         yield
     except errors.DiscountError:
         raise
-    except psycopg.errors.UniqueViolation as exc:
-        constraint = exc.diag.constraint_name or ""
+    except (psycopg.errors.UniqueViolation, psycopg.errors.InternalError_) as exc:
+        constraint = unique_violation(exc)
+        if constraint is None:  # an internal error of another kind
+            raise
         if constraint == "brands_brand_id_key":
             raise errors.AlreadyExists("the brand already exists") from exc
         raise errors.FailedPrecondition(f"conflict on {constraint or 'a unique key'}; retry the call") from exc
@@ -286,10 +310,11 @@ class Store:
         return int(rows[0][0]) if rows else None
 
     async def create_api_key(self, key_id: str, key_hash: bytes, role: Role, brand_id: str | None) -> None:
-        if brand_id is not None and await self.brand_key(brand_id) is None:
+        brand_key = None if brand_id is None else await self.brand_key(brand_id)
+        if brand_id is not None and brand_key is None:
             raise errors.NotFound(f"brand {brand_id!r} does not exist; create it with `discount brand create`")
         await self._fetch(
-            "create_api_key", {"key_id": key_id, "key_hash": key_hash, "role": role.value, "brand_id": brand_id}
+            "create_api_key", {"key_id": key_id, "key_hash": key_hash, "role": role.value, "brand_key": brand_key}
         )
 
     async def find_api_key(self, key_hash: bytes) -> tuple[str, Role, str | None] | None:
@@ -439,14 +464,16 @@ class Store:
                         try:
                             async with conn.transaction():  # savepoint around the fast path
                                 await self._copy_direct(conn, head, count, make_codes, on_progress)
-                        except psycopg.errors.UniqueViolation:
+                        except psycopg.Error as exc:
+                            if unique_violation(exc) is None:
+                                raise
                             log.info("code collision in batch %s; taking the exact path", batch_id)
                             await self._copy_exact(
                                 conn, brand_key, batch_key, expires_at, count, make_codes, on_progress
                             )
                         await conn.execute(QUERIES["add_total_codes"], {"count": count, "brand_key": brand_key})
-                except psycopg.errors.UniqueViolation as exc:
-                    if request_id and exc.diag.constraint_name == "code_batches_brand_key_request_id_key":
+                except psycopg.Error as exc:
+                    if request_id and unique_violation(exc) == "code_batches_brand_key_request_id_key":
                         found = await self.find_batch(brand_id, request_id)
                         if found is not None:
                             return found, False
@@ -530,10 +557,18 @@ class Store:
 
     async def insert_api_key(self, key_id: str, key_hash: bytes, role: Role, brand_id: str | None) -> ApiKeyInfo | None:
         """Stores a new key; None (and nothing stored) if `brand_id` names no brand."""
-        rows = await self._fetch(
-            "admin_insert_api_key", {"key_id": key_id, "key_hash": key_hash, "role": role.value, "brand_id": brand_id}
-        )
-        return _api_key(rows[0]) if rows else None
+        brand_key = None if brand_id is None else await self.brand_key(brand_id)
+        if brand_id is not None and brand_key is None:
+            return None
+        params = {
+            "key_id": key_id,
+            "key_hash": key_hash,
+            "role": role.value,
+            "brand_key": brand_key,
+            "brand_id": brand_id,
+        }
+        rows = await self._fetch("admin_insert_api_key", params)
+        return _api_key(rows[0])
 
     async def revoke_api_key_returning(self, key_id: str) -> ApiKeyInfo | None:
         """Revokes the key if it is active; returns it as it now is (revoked_at of its first

@@ -23,10 +23,10 @@ ORDER BY b.brand_id;
 SELECT brand_key FROM brands WHERE brand_id = %(brand_id)s;
 
 -- name: create_api_key
--- Stores a key's digest, role and (for a brand key) brand.
+-- Stores a key's digest, role and (for a brand key) brand. The caller resolves the brand_key first:
+-- Citus supports no subquery in an INSERT's values.
 INSERT INTO api_keys (key_id, key_hash, role, brand_key)
-VALUES (%(key_id)s, %(key_hash)s, %(role)s,
-        (SELECT brand_key FROM brands WHERE brand_id = %(brand_id)s))
+VALUES (%(key_id)s, %(key_hash)s, %(role)s, %(brand_key)s)
 RETURNING key_id;
 
 -- name: find_api_key
@@ -202,11 +202,10 @@ ORDER BY brand_id
 LIMIT %(limit)s;
 
 -- name: admin_insert_api_key
--- Stores a key's digest, role and brand and returns it as listed; no row if brand_id names no brand.
-WITH brand AS (SELECT brand_key FROM brands WHERE brand_id = %(brand_id)s)
+-- Stores a key's digest, role and brand (brand_key, resolved by the caller as for create_api_key)
+-- and returns it as listed.
 INSERT INTO api_keys (key_id, key_hash, role, brand_key)
-SELECT %(key_id)s, %(key_hash)s, %(role)s, (SELECT brand_key FROM brand)
-WHERE %(brand_id)s::text IS NULL OR EXISTS (SELECT 1 FROM brand)
+VALUES (%(key_id)s, %(key_hash)s, %(role)s, %(brand_key)s)
 RETURNING key_id, role, %(brand_id)s::text AS brand_id, created_at, revoked_at;
 
 -- name: admin_revoke_api_key
