@@ -35,7 +35,6 @@ REFUSED = {
         "100,000,000 codes of length 8 would fill more than 0.01% of the 852,891,037,441 possible codes: use "
         "--length 9 or more, or at most 85,289,103 codes of length 8",
     ),
-    "length 5": (["1000", "--length", "5"], "--length must be between 6 and 32 (0 means 12), got 5"),
 }
 
 

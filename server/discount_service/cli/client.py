@@ -99,7 +99,8 @@ def check_total(count: int, length: int) -> None:
             f"N must be at most {MAX_CODES_PER_COMMAND:,} codes per command, got {count:,}: "
             f"generate more in several runs of at most {MAX_CODES_PER_COMMAND:,}, each with its own --request-id"
         )
-    if not codes.space_is_safe(count, length):
+    # A length the server does not take at all is its to refuse, on the first call, creating nothing.
+    if codes.MIN_LENGTH <= length <= codes.MAX_LENGTH and not codes.space_is_safe(count, length):
         raise CommandError(
             f"{count:,} codes of length {length} would fill more than {codes.MAX_SPACE_FRACTION:.2%} of the "
             f"{codes.code_space(length):,} possible codes: use --length {codes.minimum_safe_length(count)} or more, "
@@ -114,11 +115,6 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
         raise CommandError(f"N must be at least 1, got {args.count}")
     if not 1 <= args.chunk_size <= 1_000_000:
         raise CommandError(f"--chunk-size must be between 1 and 1,000,000, got {args.chunk_size}")
-    if args.length != 0 and not codes.MIN_LENGTH <= args.length <= codes.MAX_LENGTH:
-        raise CommandError(
-            f"--length must be between {codes.MIN_LENGTH} and {codes.MAX_LENGTH} "
-            f"(0 means {codes.DEFAULT_LENGTH}), got {args.length}"
-        )
     check_total(args.count, args.length or codes.DEFAULT_LENGTH)
     expires_at = _parse_expires(args.expires)
     request_id = args.request_id or str(uuid.uuid4())
