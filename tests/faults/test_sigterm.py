@@ -4,7 +4,11 @@ acknowledged claim lost."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -123,3 +127,42 @@ def wait_for_copy(url: str, timeout: float = 10.0) -> None:
             return
         time.sleep(0.02)
     raise AssertionError("the bulk generation never started its COPY")
+
+
+def test_sigterm_during_startup_stops_at_once_with_exit_0(tmp_path: Path) -> None:
+    """A stop that arrives before the server listens (a container stopped while it starts) ends the
+    process at once and cleanly, instead of being ignored until the runtime kills it."""
+    # A "database" that accepts the connection and never answers: startup hangs in its first query.
+    with socket.socket() as silent_database:
+        silent_database.bind(("127.0.0.1", 0))
+        silent_database.listen()
+        port = silent_database.getsockname()[1]
+        env = {
+            **os.environ,
+            "DISCOUNT_DATABASE_URL": f"postgresql://nobody@127.0.0.1:{port}/none",
+            "DISCOUNT_LISTEN": "127.0.0.1:0",
+            "DISCOUNT_DB_TIMEOUT_SECONDS": "30",
+        }
+        process = subprocess.Popen(
+            [sys.executable, "-m", "discount_service.cli", "serve"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            silent_database.settimeout(20)
+            connection, _ = silent_database.accept()  # the server is inside its startup now
+            with connection:
+                sigterm_at = time.monotonic()
+                process.send_signal(signal.SIGTERM)
+                output, _ = process.communicate(timeout=10)
+                stopped_after = time.monotonic() - sigterm_at
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert process.returncode == 0, output
+    assert stopped_after < 3.0, output
+    assert "stopped before serving" in output
+    assert "listening" not in output
