@@ -136,7 +136,7 @@ async def test_a_repeat_that_raced_the_first_call_is_compared_too(server: Server
                 )
                 repeat.brand_id, repeat.request_id = "acme", request_id
                 call = asyncio.ensure_future(stub.GenerateCodes(repeat, metadata=server.metadata(), timeout=20))
-                await wait_for_lock_waiter(server.database_url, call)
+                await wait_for_lock_waiter(server.database_url, call, first.info.backend_pid)
             try:
                 reply = await call
                 status, details = "OK", ""
@@ -157,18 +157,22 @@ async def test_a_repeat_that_raced_the_first_call_is_compared_too(server: Server
     assert counts(server.database_url) == (2, 0)
 
 
-async def wait_for_lock_waiter(url: str, call: asyncio.Future[object]) -> None:
-    """Until a server backend waits on a lock (the batch row's unique key)."""
+async def wait_for_lock_waiter(url: str, call: asyncio.Future[object], first_pid: int) -> None:
+    """Until the repeat's insert of its batch row is running: from then on it can only wait for the
+    first call's row (on PostgreSQL a lock wait here; on Citus the wait is on a worker, and the
+    coordinator's backend shows the insert as active)."""
     for _ in range(400):
         assert not call.done(), "the repeat finished without waiting for the first call"
         rows = sql(
             url,
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' "
+            "AND pid <> %s AND query LIKE 'INSERT INTO code_batches%%'",
+            (first_pid,),
         )
         if rows[0][0]:
             return
         await asyncio.sleep(0.025)
-    raise AssertionError("the repeat never waited on the first call's batch row")
+    raise AssertionError("the repeat never reached its insert of the batch row")
 
 
 async def test_concurrent_first_calls_with_other_parameters_make_one_batch(server: ServerHandle) -> None:
