@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 from typing import Any
 
 from ..settings import Settings
 from .common import replace_settings
 
 
+def _stop_before_serving(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
+    # Until serving.serve installs its own handlers, a stop simply ends the process: nothing has been
+    # acknowledged yet. Without a handler, a container's PID 1 would ignore the signal.
+    signal.signal(signal.SIGTERM, _stop_before_serving)
     if args.listen:
         settings = replace_settings(settings, listen=args.listen)
     if args.workers:
