@@ -216,19 +216,29 @@ async def test_the_client_exposes_the_field_of_a_bad_request(server: ServerHandl
         assert (generate.value.reason, generate.value.field) == ("INVALID_FIELD", "prefix")
 
 
-async def test_the_readme_error_example_is_what_grpcurl_prints(server: ServerHandle) -> None:
-    """The README's grpcurl error example, run as written: grpcurl prints exactly the documented lines."""
-    (example,) = [b for b in code_blocks(readme_section("Calling it by hand (grpcurl)"), "text") if "Details:" in b]
-    # The command is the "$ " line and its backslash continuations; the rest is the output.
-    lines = example.splitlines()
+@pytest.mark.parametrize("index", [0, 1])
+async def test_the_readme_error_examples_are_what_grpcurl_prints(server: ServerHandle, index: int) -> None:
+    """The README's grpcurl error examples, run as written: grpcurl prints exactly the documented lines
+    and exits with the documented status (64 + the gRPC status code)."""
+    examples = [b for b in code_blocks(readme_section("Calling it by hand (grpcurl)"), "text") if "Details:" in b]
+    assert len(examples) == 2, "update the parametrisation when the README's examples change"
+    # The command is the "$ " line and its backslash continuations; the rest is the output, then an
+    # optional "$ echo $?" and the exit status it prints.
+    lines = examples[index].splitlines()
     end = next(i for i, line in enumerate(lines) if not line.endswith("\\"))
     command = " ".join(line.rstrip("\\").strip() for line in lines[: end + 1]).removeprefix("$ ")
     printed = lines[end + 1 :]
+    documented_exit = None
+    if "$ echo $?" in printed:
+        at = printed.index("$ echo $?")
+        documented_exit = int(printed[at + 1])
+        printed = printed[:at]
     create_brand(server.database_url, "acme")
     env = {
         **os.environ,
         "PATH": f"{BIN}:{os.environ['PATH']}",
         "SERVICE_KEY": create_key(server.database_url, "service"),
+        "ADMIN_KEY": server.admin_key,
     }
     proc = await asyncio.create_subprocess_exec(
         "bash",
@@ -239,5 +249,9 @@ async def test_the_readme_error_example_is_what_grpcurl_prints(server: ServerHan
         stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 64 + 3  # grpcurl exits 64 + the status code (INVALID_ARGUMENT = 3)
     assert out.decode().splitlines() == printed
+    code_line = next(line for line in printed if line.strip().startswith("Code: "))
+    status = {"InvalidArgument": 3, "NotFound": 5}[code_line.split(": ", 1)[1]]
+    assert proc.returncode == 64 + status
+    if documented_exit is not None:
+        assert proc.returncode == documented_exit
