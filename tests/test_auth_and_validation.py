@@ -13,6 +13,8 @@ from discount.v1 import discount_service_pb2 as pb
 from discount.v1 import discount_service_pb2_grpc as pb_grpc
 from tests.support import ServerHandle, create_brand, create_key, generate_codes_sql, sql
 
+pytestmark = pytest.mark.both_engines  # PostgreSQL and Citus (tests/conftest.py)
+
 OK = grpc.StatusCode.OK
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 UNAUTH = grpc.StatusCode.UNAUTHENTICATED

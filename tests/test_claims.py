@@ -10,6 +10,8 @@ import pytest
 from discount.v1 import discount_service_pb2 as pb
 from tests.support import ServerHandle, claim_request, create_brand, generate_codes_sql, sql
 
+pytestmark = pytest.mark.both_engines  # PostgreSQL and Citus (tests/conftest.py)
+
 
 async def test_claim_gives_a_code_and_records_who_got_it(server: ServerHandle) -> None:
     create_brand(server.database_url, "acme")

@@ -12,6 +12,8 @@ import pytest
 from discount.v1 import discount_service_pb2 as pb
 from tests.support import ServerHandle, claim_request, create_brand, generate_codes_sql, in_process_server, sql
 
+pytestmark = pytest.mark.both_engines  # PostgreSQL and Citus (tests/conftest.py)
+
 
 async def _collect(stream: grpc.aio.UnaryStreamCall, until: int, timeout: float = 60) -> list[pb.Claim]:
     claims: list[pb.Claim] = []

@@ -13,6 +13,8 @@ from discount.v1 import discount_service_pb2 as pb
 from discount_service import codes
 from tests.support import ServerHandle, create_brand, create_key, sql
 
+pytestmark = pytest.mark.both_engines  # PostgreSQL and Citus (tests/conftest.py)
+
 UNAMBIGUOUS = re.compile(r"[A-HJKMNP-Z2-9]+")
 
 

@@ -16,6 +16,8 @@ from tests.support import BIN, ServerHandle, create_brand, sql
 from tests.test_client_cli import client_env, discount
 from tests.test_error_details import BAD_REQUEST, ERROR_INFO, grpcurl_error
 
+pytestmark = pytest.mark.both_engines  # PostgreSQL and Citus (tests/conftest.py)
+
 
 def counts(url: str) -> tuple[int, int]:
     """(batches, codes) in the database."""

@@ -18,11 +18,13 @@ host and port, never by database, and connections between nodes use the database
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,8 +34,9 @@ from typing import Self
 import psycopg
 
 from discount_dev.postgres import PG_BIN, PrivatePostgres
+from discount_service.store import Store
 
-__all__ = ["CITUS_SETTINGS", "CitusCluster", "CitusError", "citus_installed"]
+__all__ = ["CITUS_SETTINGS", "CitusCluster", "CitusDatabases", "CitusError", "citus_installed"]
 
 HOST = "127.0.0.1"
 # Settings of a disposable test cluster: durability off (a crashed run is thrown away, and a
@@ -177,6 +180,34 @@ class CitusCluster:
                 _admin(node.url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
         _on_each(self.nodes, drop)
+
+
+class CitusDatabases:
+    """A fresh cluster database per test: one template migrated (and so distributed) by the service's
+    own Store.migrate, cloned on every node for each test. The same interface as the tests'
+    `Databases` for a single PostgreSQL."""
+
+    def __init__(self, cluster: CitusCluster) -> None:
+        self.cluster = cluster
+        self.template = f"discount_citus_tmpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        self._created: list[str] = []
+
+    def setup_template(self) -> None:
+        url = self.cluster.create_database(self.template)
+        asyncio.run(Store(url).migrate())
+
+    def create(self) -> str:
+        name = f"discount_citus_{uuid.uuid4().hex[:12]}"
+        self._created.append(name)
+        return self.cluster.create_database(name, template=self.template)
+
+    def drop(self, url: str) -> None:
+        name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+        self.cluster.drop_database(str(name))
+
+    def drop_all(self) -> None:
+        for name in [*self._created, self.template]:
+            self.cluster.drop_database(name)
 
 
 def _admin(url: str, statement: str) -> None:

@@ -146,32 +146,39 @@ def create_key(url: str, role: str, brand_id: str | None = None) -> str:
 
 # Random 12-character codes made inside the database. Duplicates are skipped rather than
 # retried, so a very large fill may come out a code or two short; the count returned is exact.
+# Three statements in one transaction rather than one chain of CTEs, which Citus cannot run (no
+# subquery in RETURNING, the batch's key needed by the codes' INSERT ... SELECT).
+_ADD_BATCH = """
+INSERT INTO code_batches (batch_id, brand_key, generated, code_length, prefix, expires_at)
+VALUES (gen_random_uuid(), %(brand_key)s, %(count)s, 12, %(prefix)s, {expires})
+RETURNING batch_key
+"""
 _ADD_CODES = """
-WITH b AS (SELECT brand_key FROM brands WHERE brand_id = %(brand)s),
-batch AS (
-    INSERT INTO code_batches (batch_id, brand_key, generated, code_length, prefix, expires_at)
-    SELECT gen_random_uuid(), brand_key, %(count)s, 12, %(prefix)s, {expires} FROM b
-    RETURNING batch_key, brand_key
-), ins AS (
+WITH ins AS (
     INSERT INTO codes (brand_key, batch_key, expires_at, code)
-    SELECT batch.brand_key, batch.batch_key, {expires},
+    SELECT %(brand_key)s, %(batch_key)s, {expires},
            %(prefix)s || upper(substr(md5(random()::text || g::text), 1, 12))
-    FROM batch, generate_series(1, %(count)s) g
+    FROM generate_series(1, %(count)s) g
     ON CONFLICT DO NOTHING
     RETURNING 1
-), added AS (SELECT count(*) AS n FROM ins)
-UPDATE brand_feed_heads SET total_codes = total_codes + (SELECT n FROM added)
-WHERE brand_key = (SELECT brand_key FROM b)
-RETURNING (SELECT n FROM added)
+)
+SELECT count(*) FROM ins
 """
 
 
 def add_codes(url: str, brand_id: str, count: int, *, prefix: str = "T-", expires_sql: str = "NULL") -> int:
-    """Puts `count` free codes into a brand in one statement, as setup (GenerateCodes has its own
+    """Puts `count` free codes into a brand in one transaction, as setup (GenerateCodes has its own
     tests); `expires_sql` is an SQL expression such as `now() + interval '1 day'`. Returns how
     many went in."""
-    query = sql.SQL(_ADD_CODES).format(expires=sql.SQL(expires_sql))
-    rows = execute(url, query, {"brand": brand_id, "count": count, "prefix": prefix})
-    if not rows:
-        raise LookupError(f"no brand {brand_id!r}")
-    return int(rows[0][0])
+    expires = sql.SQL(expires_sql)
+    with psycopg.connect(url) as conn:
+        row = conn.execute(QUERIES["get_brand_key"], {"brand_id": brand_id}).fetchone()
+        if row is None:
+            raise LookupError(f"no brand {brand_id!r}")
+        params = {"brand_key": row[0], "count": count, "prefix": prefix}
+        batch = conn.execute(sql.SQL(_ADD_BATCH).format(expires=expires), params).fetchone()
+        assert batch is not None
+        added = conn.execute(sql.SQL(_ADD_CODES).format(expires=expires), {**params, "batch_key": batch[0]}).fetchone()
+        assert added is not None
+        conn.execute(QUERIES["add_total_codes"], {"count": added[0], "brand_key": row[0]})
+    return int(added[0])
