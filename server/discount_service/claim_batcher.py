@@ -1,16 +1,23 @@
-"""Group commit for the claims of a hot brand.
+"""Group commit for claims, across brands.
 
 A claim holds its brand's feed-head row lock until its commit is flushed to disk; that keeps feed
 sequences gapless and in commit order (docs/design.md#trap-outbox-order), but it also means the
-claims of one brand cannot share a WAL flush: one brand tops out at about 1 / fsync time. So claims
-of a brand that arrive while one of its transactions is running wait for it and then go together,
-in one call of `discount_claim_batch` (sql/schema.sql): one round trip and one flush for all of them.
+claims of one brand cannot share a WAL flush through PostgreSQL's own group commit. And a claim
+alone in its transaction pays a round trip, a pool checkout, a commit and a flush of its own,
+whatever its brand. So claims are gathered in a few lanes and each lane's waiting claims go
+together, whatever their brands, in one call of `discount_claim_many` (sql/schema.sql): one round
+trip and one flush for all of them (docs/design.md, "Group commit across brands").
 
-- A claim that finds its brand idle goes at once, alone (`discount_claim`): no added latency.
-- At most `MAX_IN_FLIGHT` transactions per brand run at a time, each with up to `MAX_BATCH` claims.
-- Every claim gets the same answer it would have got alone. If a batch fails as a whole (say one
-  item holds a value the database refuses), its claims are retried one by one, so one bad claim
-  fails alone. A caller that gave up (deadline, cancel) before its batch left is not claimed for.
+- A brand always goes to the same lane (a stable hash of its id), and a lane runs one transaction
+  at a time. So two transactions of this process never hold locks of the same brand: they never
+  wait for each other, and a hot brand's claims queue here, not on its feed-head row in PostgreSQL.
+  Inside a transaction the function takes its locks in one global order, so transactions of other
+  servers cannot deadlock with it either.
+- A claim that finds its lane idle goes at once, alone: no added latency.
+- Each transaction carries up to `MAX_BATCH` claims. Every claim gets the same answer it would
+  have got alone. If a transaction fails as a whole (say one item holds a value the database
+  refuses), its claims are retried one by one, so one bad claim fails alone. A caller that gave up
+  (deadline, cancel) before its batch left is not claimed for.
 - Per brand, the batcher remembers the highest code_key this process claimed and passes it as the
   hint where the next code pick starts, so the index descent skips the claimed prefix instead of
   walking its dead entries (docs/design.md#trap-plan-drift).
@@ -20,32 +27,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import zlib
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import errors
 from .models import Claim, ClaimOutcome
-from .store import ClaimRow, Store
+from .store import ClaimItem, ClaimRow, Store
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 64
-# One transaction per brand at a time: a second one would only wait for the feed-head row lock inside
-# PostgreSQL, while claims that wait here join the next batch (docs/performance.md measures 1 and 2).
-MAX_IN_FLIGHT = 1
+# Transactions in flight at most. More lanes mean smaller batches (more commits for the same claims)
+# but more claims moving while one lane waits for its flush; docs/performance.md measures the choice.
+LANES = 4
 
 
 @dataclass
 class _Pending:
+    brand_id: str
     user_id: str
     email: str
     future: asyncio.Future[ClaimRow]
 
 
 @dataclass
-class _BrandQueue:
-    pending: list[_Pending] = field(default_factory=list)
-    in_flight: int = 0
+class _Lane:
+    pending: deque[_Pending] = field(default_factory=deque)
+    busy: bool = False
 
 
 class ClaimBatcher:
@@ -54,87 +64,94 @@ class ClaimBatcher:
         store: Store,
         *,
         on_committed: Callable[[str, list[Claim]], None],
+        lanes: int = LANES,
     ) -> None:
         self._store = store
-        # Told of every transaction's new claims, in sequence order, even if their callers are
-        # gone: the live feed takes them from here without reading them back.
+        # Told of every transaction's new claims of each brand, in sequence order, even if their
+        # callers are gone: the live feed takes them from here without reading them back.
         self._on_committed = on_committed
         # Per brand, the highest code_key this process claimed: where the next code pick starts.
         self._hints: dict[str, int] = {}
-        self._queues: dict[str, _BrandQueue] = {}
+        self._lanes = [_Lane() for _ in range(lanes)]
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def _lane(self, brand_id: str) -> _Lane:
+        # Stable across processes and restarts (str.__hash__ is salted per process).
+        return self._lanes[zlib.crc32(brand_id.encode()) % len(self._lanes)]
+
     async def claim(self, brand_id: str, user_id: str, email: str) -> ClaimRow:
-        queue = self._queues.get(brand_id)
-        if queue is None:
-            queue = self._queues[brand_id] = _BrandQueue()
+        lane = self._lane(brand_id)
         future: asyncio.Future[ClaimRow] = asyncio.get_running_loop().create_future()
-        queue.pending.append(_Pending(user_id, email, future))
-        if queue.in_flight < MAX_IN_FLIGHT:
-            queue.in_flight += 1
-            task = asyncio.get_running_loop().create_task(self._drain(brand_id, queue))
+        lane.pending.append(_Pending(brand_id, user_id, email, future))
+        if not lane.busy:
+            lane.busy = True
+            task = asyncio.get_running_loop().create_task(self._drain(lane))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return await future
 
-    async def _drain(self, brand_id: str, queue: _BrandQueue) -> None:
+    async def _drain(self, lane: _Lane) -> None:
         batch: list[_Pending] = []
         try:
-            while queue.pending:
-                batch = [p for p in queue.pending[:MAX_BATCH] if not p.future.done()]
-                del queue.pending[:MAX_BATCH]
+            while lane.pending:
+                taken = [lane.pending.popleft() for _ in range(min(MAX_BATCH, len(lane.pending)))]
+                batch = [p for p in taken if not p.future.done()]
                 if batch:
-                    await self._run(brand_id, batch)
+                    await self._run(batch)
                 batch = []
         except BaseException as exc:  # never leave a caller waiting (e.g. cancelled at shutdown)
-            for p in batch + queue.pending:
+            for p in [*batch, *lane.pending]:
                 if not p.future.done():
                     p.future.set_exception(
                         errors.Unavailable("the server is stopping; retry", reason="SERVER_STOPPING")
                     )
-            queue.pending.clear()
+            lane.pending.clear()
             if not isinstance(exc, Exception):
                 raise
             log.exception("claim batch failed")
         finally:
-            queue.in_flight -= 1
-            if queue.in_flight == 0 and not queue.pending and self._queues.get(brand_id) is queue:
-                del self._queues[brand_id]
+            lane.busy = False
 
-    async def _run(self, brand_id: str, batch: list[_Pending]) -> None:
-        hint = self._hints.get(brand_id, 0)
+    def _item(self, p: _Pending) -> ClaimItem:
+        return ClaimItem(p.brand_id, p.user_id, p.email, self._hints.get(p.brand_id, 0))
+
+    async def _run(self, batch: list[_Pending]) -> None:
         if len(batch) == 1:
-            await self._one(brand_id, batch[0], hint)
+            await self._one(batch[0])
             return
         try:
-            rows = await self._store.claim_code_batch(brand_id, [(p.user_id, p.email) for p in batch], hint)
+            rows = await self._store.claim_codes([self._item(p) for p in batch])
         except Exception as exc:  # noqa: BLE001 - any failure: isolate it by claiming one by one
             log.info("claim batch of %d failed (%s); claiming one by one", len(batch), type(exc).__name__)
-            await asyncio.gather(*(self._one(brand_id, p, hint) for p in batch))
+            await asyncio.gather(*(self._one(p) for p in batch))
             return
-        self._learn_hint(brand_id, rows)
-        claimed = [row.claim for row in rows if row.outcome is ClaimOutcome.CLAIMED and row.claim is not None]
-        self._on_committed(brand_id, sorted(claimed, key=lambda claim: claim.sequence))
         for p, row in zip(batch, rows, strict=True):
             if not p.future.done():
                 p.future.set_result(row)
+        self._committed([(p.brand_id, row) for p, row in zip(batch, rows, strict=True)])
 
-    async def _one(self, brand_id: str, pending: _Pending, hint: int) -> None:
+    async def _one(self, pending: _Pending) -> None:
         try:
-            row = await self._store.claim_code(brand_id, pending.user_id, pending.email, hint)
+            (row,) = await self._store.claim_codes([self._item(pending)])
         except Exception as exc:  # noqa: BLE001 - handed to the caller, who maps it
             if not pending.future.done():
                 pending.future.set_exception(exc)
             return
-        self._learn_hint(brand_id, [row])
-        if row.outcome is ClaimOutcome.CLAIMED and row.claim is not None:
-            self._on_committed(brand_id, [row.claim])
         if not pending.future.done():
             pending.future.set_result(row)
+        self._committed([(pending.brand_id, row)])
 
-    def _learn_hint(self, brand_id: str, rows: list[ClaimRow]) -> None:
-        """Raises the brand's hint to the highest code_key these claims took. Only ever raised: a
-        claim that finished late with a lower key must not send the next pick back over the prefix."""
-        highest = max((row.code_key for row in rows if row.code_key is not None), default=0)
-        if highest > self._hints.get(brand_id, 0):
-            self._hints[brand_id] = highest
+    def _committed(self, results: list[tuple[str, ClaimRow]]) -> None:
+        """Raises each brand's hint to the highest code_key its claims took (only ever raised: a
+        claim that finished late with a lower key must not send the next pick back over the
+        prefix), and hands each brand's new claims to the feed in sequence order."""
+        claimed: dict[str, list[Claim]] = {}
+        for brand_id, row in results:
+            if row.outcome is not ClaimOutcome.CLAIMED or row.claim is None:
+                continue
+            claimed.setdefault(brand_id, []).append(row.claim)
+            if row.code_key is not None and row.code_key > self._hints.get(brand_id, 0):
+                self._hints[brand_id] = row.code_key
+        for brand_id, claims in claimed.items():
+            claims.sort(key=lambda claim: claim.sequence)
+            self._on_committed(brand_id, claims)

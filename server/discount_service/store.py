@@ -11,7 +11,7 @@ import contextlib
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -136,6 +136,16 @@ def translate_errors() -> Iterator[None]:
         raise errors.Unavailable("the database call timed out; retry") from exc
     except (psycopg.OperationalError, PoolTimeout) as exc:
         raise errors.Unavailable("the database is unavailable; retry with backoff") from exc
+
+
+@dataclass(frozen=True)
+class ClaimItem:
+    """One claim to make: the brand, the user and email, and the code_key the pick starts after."""
+
+    brand_id: str
+    user_id: str
+    email: str
+    after_code_key: int
 
 
 @dataclass(frozen=True)
@@ -333,34 +343,23 @@ class Store:
 
     # -- claims ------------------------------------------------------------------------------
 
-    async def claim_code(self, brand_id: str, user_id: str, email: str, after_code_key: int) -> ClaimRow:
-        # The claim is idempotent per (brand, user), so a retry on a fresh connection is safe.
+    async def claim_codes(self, items: Sequence[ClaimItem]) -> list[ClaimRow]:
+        """Claims of any brands in one transaction (discount_claim_many), one result per item, in
+        order: each the result the item would have got alone. Any error fails them all."""
         rows = await self._fetch(
-            "claim_code",
-            {"brand_id": brand_id, "user_id": user_id, "email": email, "after_code_key": after_code_key},
-            retry=True,
-        )
-        return _claim_row(brand_id, user_id, rows[0])
-
-    async def claim_code_batch(
-        self, brand_id: str, items: list[tuple[str, str]], after_code_key: int
-    ) -> list[ClaimRow]:
-        """Claims for several (user_id, email) of one brand in one transaction (discount_claim_batch),
-        in order; the same result per item as `claim_code`. Any error fails the whole batch."""
-        rows = await self._fetch(
-            "claim_code_batch",
+            "claim_codes",
             {
-                "brand_id": brand_id,
-                "user_ids": [user for user, _ in items],
-                "emails": [email for _, email in items],
-                "after_code_key": after_code_key,
+                "brand_ids": [item.brand_id for item in items],
+                "user_ids": [item.user_id for item in items],
+                "emails": [item.email for item in items],
+                "after_code_keys": [item.after_code_key for item in items],
             },
-            retry=True,  # idempotent per (brand, user), like claim_code
+            retry=True,  # a claim is idempotent per (brand, user): a retry on a fresh connection is safe
         )
         by_item = {int(row[0]): row[1:] for row in rows}
         if len(by_item) != len(items):
-            raise errors.Unavailable(f"the claim batch returned {len(by_item)} results for {len(items)} claims")
-        return [_claim_row(brand_id, user, by_item[i + 1]) for i, (user, _) in enumerate(items)]
+            raise errors.Unavailable(f"the claim call returned {len(by_item)} results for {len(items)} claims")
+        return [_claim_row(item.brand_id, item.user_id, by_item[i + 1]) for i, item in enumerate(items)]
 
     async def notify_claims(self, payload: str) -> None:
         await self._fetch("notify_claims", {"payload": payload})

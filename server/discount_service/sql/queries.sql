@@ -47,18 +47,8 @@ SELECT k.key_id, k.role, b.brand_id, k.created_at, k.revoked_at
 FROM api_keys k LEFT JOIN brands b USING (brand_key)
 ORDER BY k.created_at;
 
--- name: claim_code
--- One claim in one round trip (discount_claim in schema.sql).
-SELECT outcome, sequence, code, email, claimed_at, expires_at, code_key
-FROM discount_claim(%(brand_id)s, %(user_id)s, %(email)s, %(after_code_key)s);
-
--- name: claim_code_batch
--- Several claims of one brand in one transaction, one result row per item (discount_claim_batch).
-SELECT item, outcome, sequence, code, email, claimed_at, expires_at, code_key
-FROM discount_claim_batch(%(brand_id)s, %(user_ids)s, %(emails)s, %(after_code_key)s);
-
 -- name: pick_free_code
--- The code pick inside discount_claim_batch as a statement of its own, for EXPLAIN: $1 is the
+-- The code pick inside discount_claim_many as a statement of its own, for EXPLAIN: $1 is the
 -- brand_key (integer), $2 the after_code_key hint (bigint), as in
 -- `PREPARE pick(integer, bigint) AS <this>`; tests/test_schema.py checks it matches the function.
 SELECT f.ctid, f.code, f.expires_at, f.code_key
@@ -277,3 +267,11 @@ SELECT create_reference_table(%(table)s::regclass);
 -- The table split into shards by brand_key, the same brand_key on the same node as the other
 -- brand-keyed tables' (colocate_with: a table already distributed, or 'default' for the first).
 SELECT create_distributed_table(%(table)s::regclass, 'brand_key', colocate_with => %(colocate_with)s);
+
+-- Claims across brands (group commit per lane, claim_batcher.py) and the feed of many brands (feed.py).
+
+-- name: claim_codes
+-- Claims of any brands in one transaction, one result row per item (discount_claim_many).
+SELECT item, outcome, sequence, code, email, claimed_at, expires_at, code_key
+FROM discount_claim_many(%(brand_ids)s::text[], %(user_ids)s::text[], %(emails)s::text[],
+                         %(after_code_keys)s::bigint[]);
