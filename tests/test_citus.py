@@ -5,24 +5,21 @@ too, with the same assertions; the cluster is the session's (tests/conftest.py).
 from __future__ import annotations
 
 import asyncio
+import re
+import time
 from collections import Counter
+from typing import Any
 
 import grpc
+import psycopg
 import pytest
 
 from discount.v1 import discount_service_pb2 as pb
 from discount_dev.citus import CitusDatabases
 from discount_service import errors
 from discount_service.models import Role
-from discount_service.store import CITUS_DISTRIBUTED_TABLES, CITUS_REFERENCE_TABLES, Store
+from discount_service.store import CITUS_DISTRIBUTED_TABLES, CITUS_REFERENCE_TABLES, QUERIES, Store
 from tests.support import ServerHandle, claim_request, create_brand, generate_codes_sql, in_process_server, sql
-
-
-def claim_not_yet_distributed(request: pytest.FixtureRequest, engine: str) -> None:
-    """Until the claim functions take brand_key first and are distributed by it, a claim on Citus
-    runs on the coordinator and its UPDATE by ctid reaches every shard."""
-    if engine == "citus":
-        request.applymarker(pytest.mark.xfail(strict=True, reason="claim function not yet distributed"))
 
 
 def worker_port_of(url: str, brand_id: str) -> int | None:
@@ -72,6 +69,13 @@ def test_migrate_distributes_the_tables_by_brand_and_is_idempotent(citus_databas
         assert len(reference) == 1 and next(iter(reference)).startswith("n::")  # one reference group
         assert len(distributed) == 1 and next(iter(distributed)).startswith("h:brand_key:")  # colocated
         assert sorted(layout) == sorted((*CITUS_REFERENCE_TABLES, *CITUS_DISTRIBUTED_TABLES))
+        functions = sql(
+            url,
+            "SELECT objid::regprocedure::text, distribution_argument_index, colocationid FROM pg_dist_object"
+            " WHERE distribution_argument_index IS NOT NULL",
+        )
+        colocation = next(iter(distributed)).rsplit(":", 1)[1]
+        assert functions == [("discount_claim_brand(integer,text[],text[],bigint)", 0, int(colocation))]
         assert asyncio.run(Store(url).migrate()) == []
         assert sql(url, "SELECT count(*) FROM pg_dist_partition") == [(len(layout),)]
     finally:
@@ -79,12 +83,9 @@ def test_migrate_distributes_the_tables_by_brand_and_is_idempotent(citus_databas
 
 
 @pytest.mark.both_engines
-async def test_800_claims_across_4_brands_on_both_workers(
-    server: ServerHandle, request: pytest.FixtureRequest, engine: str
-) -> None:
+async def test_800_claims_across_4_brands_on_both_workers(server: ServerHandle) -> None:
     """200 users race for each of 4 brands (2 per worker), 150 codes each: exactly the 600 codes
     there are go out, no code twice, no user twice in a brand, gapless sequences per brand."""
-    claim_not_yet_distributed(request, engine)
     brands = brands_on_every_node(server.database_url, 2, 150)
     channel, stub = server.aio_stub()
     async with channel:
@@ -114,12 +115,9 @@ async def test_800_claims_across_4_brands_on_both_workers(
 
 
 @pytest.mark.both_engines
-async def test_a_claim_marks_only_its_own_code(
-    server: ServerHandle, request: pytest.FixtureRequest, engine: str
-) -> None:
+async def test_a_claim_marks_only_its_own_code(server: ServerHandle) -> None:
     """Every code marked claimed is the code of a claim of its own brand. (Through Citus, an
     UPDATE by ctid alone runs on every shard and marks other brands' codes at the same place.)"""
-    claim_not_yet_distributed(request, engine)
     brands = brands_on_every_node(server.database_url, 2, 5)
     channel, stub = server.aio_stub()
     async with channel:
@@ -137,13 +135,10 @@ async def test_a_claim_marks_only_its_own_code(
 
 
 @pytest.mark.both_engines
-async def test_two_replicas_with_watchers_on_each_see_every_claim_in_order(
-    server: ServerHandle, request: pytest.FixtureRequest, engine: str
-) -> None:
+async def test_two_replicas_with_watchers_on_each_see_every_claim_in_order(server: ServerHandle) -> None:
     """Two servers on one database (the coordinator, on Citus), a watcher of each brand on each
     server, claims sent to both: every watcher gets every claim of its brand once, in order, as
     acknowledged. One brand per worker."""
-    claim_not_yet_distributed(request, engine)
     brands = brands_on_every_node(server.database_url, 1, 300)
     async with in_process_server(server.database_url) as (_, replica):
         channels = [server.aio_stub(), replica.aio_stub()]
@@ -198,3 +193,98 @@ async def test_errors_read_the_same_on_both_engines(database_url: str) -> None:
             await store.create_api_key("key-2", b"digest-1", Role.ADMIN, None)
     finally:
         await store.close()
+
+
+def _brand_key(url: str, brand_id: str) -> int:
+    return int(sql(url, "SELECT brand_key FROM brands WHERE brand_id = %s", (brand_id,))[0][0])
+
+
+def _plan(url: str, query: str, params: dict[str, Any]) -> list[str]:
+    return [row[0] for row in sql(url, "EXPLAIN (VERBOSE) " + query, params)]
+
+
+def test_a_claim_is_one_call_run_on_the_worker_holding_its_brand(citus_databases: CitusDatabases) -> None:
+    """The service's claim statement is routed whole to the brand's worker (one task, the function
+    call itself as the task's query), and Citus pushes the call down when it runs as the store runs
+    it: one statement, outside any transaction block."""
+    url = citus_databases.create()
+    notices: list[str] = []
+    try:
+        for brand in brands_on_every_node(url, 1, 10):
+            params = {"brand_key": _brand_key(url, brand), "user_ids": ["u"], "emails": ["u@x.io"], "after_code_key": 0}
+            plan = _plan(url, QUERIES["claim_brand"], params)
+            assert [line.strip() for line in plan if "Task Count" in line] == ["Task Count: 1"], plan
+            assert any(f"Node: host=127.0.0.1 port={worker_port_of(url, brand)} " in line for line in plan), plan
+            assert any("Query: SELECT" in line and "discount_claim_brand(" in line for line in plan), plan
+            notices.clear()
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+                conn.execute("SET client_min_messages TO debug1")
+                rows = conn.execute(QUERIES["claim_brand"], params).fetchall()  # type: ignore[arg-type]
+            assert rows[0][1] == "claimed"
+            assert "pushing down the function call" in notices
+    finally:
+        citus_databases.drop(url)
+
+
+async def test_the_service_claims_on_the_workers_not_the_coordinator(citus_databases: CitusDatabases) -> None:
+    """Claims through a real server run discount_claim_brand on the workers only (function call
+    statistics of each node: track_functions is on in the test cluster)."""
+    url = citus_databases.create()
+    try:
+        brands = brands_on_every_node(url, 1, 50)
+        async with in_process_server(url) as (_, server):
+            channel, stub = server.aio_stub()
+            async with channel:
+                for i in range(20):
+                    await stub.ClaimCode(claim_request(brands[i % 2], f"w{i}"), metadata=server.metadata())
+        calls: dict[int, int] = {}
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the statistics arrive when the backends flush them
+            calls = {}
+            for port, node_url in _node_urls(url):
+                rows = sql(node_url, "SELECT calls FROM pg_stat_user_functions WHERE funcname = 'discount_claim_brand'")
+                calls[port] = int(rows[0][0]) if rows else 0
+            if sum(calls.values()) >= 20:
+                break
+            time.sleep(0.2)
+        coordinator = int(psycopg.conninfo.conninfo_to_dict(url)["port"] or 0)
+        assert calls[coordinator] == 0
+        assert sum(calls.values()) >= 20 and all(n > 0 for port, n in calls.items() if port != coordinator), calls
+    finally:
+        citus_databases.drop(url)
+
+
+def _node_urls(url: str) -> list[tuple[int, str]]:
+    """(port, URL of the same database) of every node, coordinator included."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    ports = [int(row[0]) for row in sql(url, "SELECT nodeport FROM pg_dist_node")]
+    return [(port, psycopg.conninfo.make_conninfo(**{**info, "port": str(port)})) for port in ports]  # type: ignore[arg-type]
+
+
+def test_the_feed_reads_one_shard_and_generation_copies_to_one(citus_databases: CitusDatabases) -> None:
+    """A feed page is a router query (one task); a brand's COPY goes to one shard."""
+    url = citus_databases.create()
+    try:
+        create_brand(url, "feed")
+        key = _brand_key(url, "feed")
+        plan = _plan(url, QUERIES["feed_page"], {"brand_key": key, "after_sequence": 0, "limit": 100})
+        assert [line.strip() for line in plan if "Task Count" in line] == ["Task Count: 1"], plan
+        notices: list[str] = []
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+            conn.execute("SET citus.log_remote_commands TO on")
+            conn.execute("SET client_min_messages TO log")
+            batch = conn.execute(
+                "INSERT INTO code_batches (batch_id, brand_key, generated, code_length, prefix)"
+                " VALUES (gen_random_uuid(), %s, 1000, 8, '') RETURNING batch_key",
+                (key,),
+            ).fetchone()
+            assert batch is not None
+            with conn.cursor().copy(QUERIES["copy_codes"]) as copy:
+                copy.write("".join(f"{key}\t{batch[0]}\t\\N\tC{i:07d}\n" for i in range(1000)))
+        copies = {re.sub(r".*COPY (\S+) .*", r"\1", n) for n in notices if "COPY " in n}
+        assert len(copies) == 1 and next(iter(copies)).startswith("public.codes_"), notices
+        assert sql(url, "SELECT count(*) FROM codes WHERE brand_key = %s", (key,)) == [(1000,)]
+    finally:
+        citus_databases.drop(url)

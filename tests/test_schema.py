@@ -168,7 +168,7 @@ def _collapsed(text: str) -> str:
 def test_pick_free_code_is_the_pick_inside_the_claim_function(database_url: str) -> None:
     """The benchmark EXPLAINs pick_free_code as the claim's code pick; it must be that statement,
     with the brand and hint as $1 and $2, and run as the benchmark runs it."""
-    body = _collapsed(sql(database_url, "SELECT pg_get_functiondef('discount_claim_many'::regproc)")[0][0])
+    body = _collapsed(sql(database_url, "SELECT pg_get_functiondef('discount_claim_brand'::regproc)")[0][0])
     body = body.replace(" INTO v_ctid, v_code, v_expires, v_code_key", "")
     pick = _collapsed(QUERIES["pick_free_code"])
     assert "$1" in pick and "$2" in pick

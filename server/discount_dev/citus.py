@@ -50,6 +50,7 @@ CITUS_SETTINGS = {
     "full_page_writes": "off",
     "shared_buffers": "64MB",
     "citus.enable_statistics_collection": "off",  # no call home from test clusters
+    "track_functions": "pl",  # per-node call counts: which node ran a claim function
 }
 
 

@@ -18,6 +18,9 @@ trip and one flush for all of them (docs/design.md, "Group commit across brands"
   have got alone. If a transaction fails as a whole (say one item holds a value the database
   refuses), its claims are retried one by one, so one bad claim fails alone. A caller that gave up
   (deadline, cancel) before its batch left is not claimed for.
+- On a Citus cluster (`store.claims_span_brands` false) a call must stay on the one node that holds
+  its brand, so a transaction's claims go as one call per brand, all at once: each brand's still
+  share a commit, on its node.
 - Per brand, the batcher remembers the highest code_key this process claimed and passes it as the
   hint where the next code pick starts, so the index descent skips the claimed prefix instead of
   walking its dead entries (docs/design.md#trap-plan-drift).
@@ -116,6 +119,13 @@ class ClaimBatcher:
         return ClaimItem(p.brand_id, p.user_id, p.email, self._hints.get(p.brand_id, 0))
 
     async def _run(self, batch: list[_Pending]) -> None:
+        if not self._store.claims_span_brands:  # Citus: one call per brand, each to its node, all at once
+            brands: dict[str, list[_Pending]] = {}
+            for p in batch:
+                brands.setdefault(p.brand_id, []).append(p)
+            if len(brands) > 1:
+                await asyncio.gather(*(self._run(claims) for claims in brands.values()))
+                return
         if len(batch) == 1:
             await self._one(batch[0])
             return

@@ -200,12 +200,21 @@ class Store:
             name="discount",
         )
         self._checking = False
+        # Whether one claim call may hold claims of several brands (discount_claim_many). Not on a
+        # Citus cluster, where a call must stay on the one node that holds its brand (discount_claim_brand);
+        # `open` finds out which.
+        self.claims_span_brands = True
+        # brand_id -> brand_key, filled as brands are looked up: a brand's key never changes.
+        self._brand_keys: dict[str, int] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def open(self, wait: bool = True) -> None:
         with translate_errors():
             await self._pool.open(wait=wait, timeout=max(self._pool.timeout, 10.0))
+        if wait:
+            rows = await self._fetch("citus_installed", {}, retry=True)
+            self.claims_span_brands = not rows[0][0]
 
     async def close(self) -> None:
         await self._pool.close()
@@ -316,8 +325,13 @@ class Store:
         return [Brand(brand_id=r[0], name=r[1], created_at=r[2], total_codes=r[3], claimed=r[4]) for r in rows]
 
     async def brand_key(self, brand_id: str) -> int | None:
+        if (known := self._brand_keys.get(brand_id)) is not None:
+            return known
         rows = await self._fetch("get_brand_key", {"brand_id": brand_id}, retry=True)
-        return int(rows[0][0]) if rows else None
+        if not rows:
+            return None
+        self._brand_keys[brand_id] = int(rows[0][0])
+        return self._brand_keys[brand_id]
 
     async def create_api_key(self, key_id: str, key_hash: bytes, role: Role, brand_id: str | None) -> None:
         brand_key = None if brand_id is None else await self.brand_key(brand_id)
@@ -345,7 +359,10 @@ class Store:
 
     async def claim_codes(self, items: Sequence[ClaimItem]) -> list[ClaimRow]:
         """Claims of any brands in one transaction (discount_claim_many), one result per item, in
-        order: each the result the item would have got alone. Any error fails them all."""
+        order: each the result the item would have got alone. Any error fails them all. Without
+        `claims_span_brands` (Citus), the items must all be of one brand."""
+        if not self.claims_span_brands:
+            return await self._claim_brand(items)
         rows = await self._fetch(
             "claim_codes",
             {
@@ -360,6 +377,30 @@ class Store:
         if len(by_item) != len(items):
             raise errors.Unavailable(f"the claim call returned {len(by_item)} results for {len(items)} claims")
         return [_claim_row(item.brand_id, item.user_id, by_item[i + 1]) for i, item in enumerate(items)]
+
+    async def _claim_brand(self, items: Sequence[ClaimItem]) -> list[ClaimRow]:
+        """Claims of one brand in one call of discount_claim_brand, which Citus runs on the node
+        holding the brand; the brand_key comes from the cache, so it is still one round trip."""
+        brand_id = items[0].brand_id
+        if any(item.brand_id != brand_id for item in items):
+            raise ValueError("a claim call on a Citus cluster holds claims of one brand")
+        brand_key = await self.brand_key(brand_id)
+        if brand_key is None:
+            return [ClaimRow(ClaimOutcome.BRAND_NOT_FOUND, None, None) for _ in items]
+        rows = await self._fetch(
+            "claim_brand",
+            {
+                "brand_key": brand_key,
+                "user_ids": [item.user_id for item in items],
+                "emails": [item.email for item in items],
+                "after_code_key": items[0].after_code_key,
+            },
+            retry=True,  # idempotent per (brand, user), as in claim_codes
+        )
+        by_item = {int(row[0]): row[1:] for row in rows}
+        if len(by_item) != len(items):
+            raise errors.Unavailable(f"the claim call returned {len(by_item)} results for {len(items)} claims")
+        return [_claim_row(brand_id, item.user_id, by_item[i + 1]) for i, item in enumerate(items)]
 
     async def notify_claims(self, payload: str) -> None:
         await self._fetch("notify_claims", {"payload": payload})
@@ -601,14 +642,19 @@ class Store:
 # the brand-keyed ones are split by brand_key, colocated, so all rows of one brand are on one node.
 CITUS_REFERENCE_TABLES = ("brands", "api_keys")
 CITUS_DISTRIBUTED_TABLES = ("brand_feed_heads", "codes", "claims", "code_batches")
+# Functions whose calls go whole to the node holding their brand: (signature, the brand_key argument).
+CITUS_DISTRIBUTED_FUNCTIONS = (("discount_claim_brand(integer,text[],text[],bigint)", "p_brand_key"),)
 
 
 async def _distribute(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Puts the tables Citus does not manage yet into the Citus layout, in one transaction."""
+    """Puts the tables and functions Citus does not manage yet into the Citus layout, in one transaction."""
     cur = await conn.execute(QUERIES["citus_tables"])
     managed = {row[0] for row in await cur.fetchall()}
     missing = [t for t in (*CITUS_REFERENCE_TABLES, *CITUS_DISTRIBUTED_TABLES) if t not in managed]
-    if not missing:
+    cur = await conn.execute(QUERIES["citus_distributed_functions"])
+    routed = {row[0] for row in await cur.fetchall()}
+    functions = [(f, argument) for f, argument in CITUS_DISTRIBUTED_FUNCTIONS if f not in routed]
+    if not missing and not functions:
         return
     async with conn.transaction():
         await conn.execute(QUERIES["citus_sequential_ddl"])
@@ -622,7 +668,10 @@ async def _distribute(conn: psycopg.AsyncConnection[Any]) -> None:
                 colocate_with = "default" if table == first else first
                 params = {"table": table, "colocate_with": colocate_with}
                 await conn.execute(QUERIES["citus_create_distributed_table"], params)
-    log.info("distributed %s over the Citus cluster", ", ".join(missing))
+        for function, argument in functions:
+            params = {"function": function, "argument": argument, "colocate_with": first}
+            await conn.execute(QUERIES["citus_create_distributed_function"], params)
+    log.info("distributed %s over the Citus cluster", ", ".join([*missing, *(f for f, _ in functions)]))
 
 
 def _api_key(row: tuple[Any, ...]) -> ApiKeyInfo:

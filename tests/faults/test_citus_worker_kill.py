@@ -21,9 +21,6 @@ pytestmark = pytest.mark.timeout(180)
 SERVER_ENV = {"DISCOUNT_POOL_MIN_SIZE": "2", "DISCOUNT_POOL_MAX_SIZE": "8", "DISCOUNT_DB_TIMEOUT_SECONDS": "2"}
 
 
-# Until then every claim updates codes on every shard (its UPDATE by ctid is not routed), so the
-# live worker's brands fail too.
-@pytest.mark.xfail(strict=True, reason="claim function not yet distributed")
 async def test_a_worker_killed_under_load_fails_only_its_brands_and_loses_nothing(
     citus_cluster: CitusCluster, citus_databases: CitusDatabases, tmp_path: Path
 ) -> None:

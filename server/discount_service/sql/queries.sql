@@ -48,7 +48,7 @@ FROM api_keys k LEFT JOIN brands b USING (brand_key)
 ORDER BY k.created_at;
 
 -- name: pick_free_code
--- The code pick inside discount_claim_many as a statement of its own, for EXPLAIN: $1 is the
+-- The code pick inside discount_claim_brand as a statement of its own, for EXPLAIN: $1 is the
 -- brand_key (integer), $2 the after_code_key hint (bigint), as in
 -- `PREPARE pick(integer, bigint) AS <this>`; tests/test_schema.py checks it matches the function.
 SELECT f.ctid, f.code, f.expires_at, f.code_key
@@ -275,3 +275,20 @@ SELECT create_distributed_table(%(table)s::regclass, 'brand_key', colocate_with 
 SELECT item, outcome, sequence, code, email, claimed_at, expires_at, code_key
 FROM discount_claim_many(%(brand_ids)s::text[], %(user_ids)s::text[], %(emails)s::text[],
                          %(after_code_keys)s::bigint[]);
+
+-- name: citus_distributed_functions
+-- The functions Citus already routes by an argument, by signature.
+SELECT objid::regprocedure::text FROM pg_dist_object
+WHERE classid = 'pg_proc'::regclass AND distribution_argument_index IS NOT NULL;
+
+-- name: citus_create_distributed_function
+-- Calls of the function go whole to the node holding the shards of its `argument`'s value, the
+-- shards of the colocated tables: one round trip from the coordinator, run there as a local call.
+SELECT create_distributed_function(%(function)s::regprocedure, %(argument)s, colocate_with => %(colocate_with)s);
+
+-- name: claim_brand
+-- Claims of one brand in one transaction, one result row per item (discount_claim_brand): on a
+-- Citus cluster, one call to the node that holds the brand. Sent on its own, never inside an
+-- explicit transaction block: Citus pushes a function call down only as a statement of its own.
+SELECT item, outcome, sequence, code, email, claimed_at, expires_at, code_key
+FROM discount_claim_brand(%(brand_key)s::integer, %(user_ids)s::text[], %(emails)s::text[], %(after_code_key)s::bigint);

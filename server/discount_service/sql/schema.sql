@@ -104,48 +104,40 @@ CREATE TABLE claims (
 );
 
 
--- Claims of several brands in one transaction, in one round trip (docs/design.md#trap-round-trips):
--- one commit, so one WAL flush, for all of them. A claim holds its brand's feed-head row lock from
--- the sequence bump until its commit is flushed, so claims of one brand cannot share a flush through
--- PostgreSQL's group commit, and a claim alone in its transaction pays a round trip, a commit and a
--- flush of its own. The server gathers claims in a few lanes (a brand always in the same lane, one
--- transaction per lane at a time) and sends each lane's waiting claims here together, whatever their
--- brands (claim_batcher.py). A single claim is a call with one item.
+-- The claim of one brand, by its brand_key, in one round trip (docs/design.md#trap-round-trips): the
+-- one claim body. Every other claim function reaches it through discount_claim_many; on a Citus
+-- cluster the server calls it directly, distributed by p_brand_key, so the whole claim runs on the
+-- node that holds the brand's shards (docs/scaling.md). Every statement filters on brand_key, the
+-- UPDATE by ctid included: on Citus a statement without the distribution column runs on every shard.
 --
 -- Each item gets what it would have got alone:
---   1. resolve the brands, each by an equality on the unique brand_id (an item of an unknown brand
---      answers 'brand_not_found');
---   2. take the advisory lock of every (brand, user) of the call first, in (brand_key,
---      hashtext(user)) order; calls of the same (brand, user) queue here, and the second finds the
---      first one's claim (docs/design.md#trap-same-user-race);
---   3. claim brand by brand in brand_key order, each brand's items in array order: with 2., every
---      call takes its locks (advisory locks, then feed-head rows) in one global order, so two calls
---      from any number of servers cannot deadlock;
---   4. per brand, a caller without a hint yet (`p_after_code_keys` 0, a process that just started)
---      starts after the code of the brand's latest claim, found by three probes on whole unique keys
---      so that no plan but the unique index is possible, with or without statistics;
---   5. per item: return the code the user already holds ('existing'); otherwise take the oldest
---      free, unexpired code after the hint with SKIP LOCKED (the hint lets the index descent jump
---      over the claimed prefix's dead entries instead of walking them; a miss retries from the
---      start, so the hint is only ever an optimisation), or answer 'exhausted';
---   6. mark the code claimed, bump the feed head last (its row lock, taken by the brand's first new
+--   1. an unknown brand (no feed head) answers 'brand_not_found' for every item;
+--   2. take the advisory lock of every user of the call first, in hashtext order; calls of the same
+--      (brand, user) queue here, and the second finds the first one's claim
+--      (docs/design.md#trap-same-user-race);
+--   3. a caller without a hint yet (`p_after_code_key` 0, a process that just started) starts after
+--      the code of the brand's latest claim, found by three probes on whole unique keys so that no
+--      plan but the unique index is possible, with or without statistics;
+--   4. per item in array order: return the code the user already holds ('existing'); otherwise take
+--      the oldest free, unexpired code after the hint with SKIP LOCKED (the hint lets the index
+--      descent jump over the claimed prefix's dead entries instead of walking them; a miss retries
+--      from the start, so the hint is only ever an optimisation), or answer 'exhausted';
+--   5. mark the code claimed, bump the feed head last (its row lock, taken by the brand's first new
 --      claim, orders the sequences and is held to commit: docs/design.md#trap-outbox-order), and
 --      insert the claims row. No NOTIFY here: it would sit on the commit path
 --      (docs/design.md#trap-notify-commit-lock); the server notifies after commit.
 -- A user twice in one call sees its own first claim: 'existing'. Any error rolls the whole call
 -- back; the server then runs its items one by one. sql/queries.sql holds the code pick as a
 -- statement of its own (pick_free_code), for EXPLAIN.
-CREATE FUNCTION discount_claim_many(
-    p_brand_ids text[], p_user_ids text[], p_emails text[], p_after_code_keys bigint[])
+CREATE FUNCTION discount_claim_brand(
+    p_brand_key integer, p_user_ids text[], p_emails text[], p_after_code_key bigint)
 RETURNS TABLE (item integer, outcome text, sequence bigint, code text, email text,
                claimed_at timestamptz, expires_at timestamptz, code_key bigint)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-    v_keys      integer[];
-    v_lock      record;
-    v_item      record;
-    v_brand     integer;
+    v_brand     integer := p_brand_key;
+    v_lock      integer;
     v_i         integer;
     v_user      text;
     v_ctid      tid;
@@ -153,48 +145,39 @@ DECLARE
     v_expires   timestamptz;
     v_code_key  bigint;
     v_sequence  bigint;
-    v_hint      bigint;
+    v_hint      bigint := coalesce(p_after_code_key, 0);
     v_last      bigint;
     v_last_code text;
     v_found     boolean;
 BEGIN
-    -- 1. the brands
-    v_keys := ARRAY(SELECT (SELECT b.brand_key FROM brands b WHERE b.brand_id = u.brand_id)
-                    FROM unnest(p_brand_ids) WITH ORDINALITY AS u(brand_id, i) ORDER BY u.i);
-    RETURN QUERY SELECT u.i::integer, 'brand_not_found'::text, NULL::bigint, NULL::text, NULL::text,
-                        NULL::timestamptz, NULL::timestamptz, NULL::bigint
-                 FROM unnest(v_keys) WITH ORDINALITY AS u(brand_key, i) WHERE u.brand_key IS NULL;
+    -- 1. the brand
+    SELECT h.last_sequence INTO v_last FROM brand_feed_heads h WHERE h.brand_key = v_brand;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT i, 'brand_not_found'::text, NULL::bigint, NULL::text, NULL::text,
+                            NULL::timestamptz, NULL::timestamptz, NULL::bigint
+                     FROM generate_series(1, cardinality(p_user_ids)) i;
+        RETURN;
+    END IF;
 
-    -- 2. every (brand, user) advisory lock, in one global order
-    FOR v_lock IN SELECT DISTINCT u.brand_key, hashtext(u.user_id) AS user_hash
-                  FROM unnest(v_keys, p_user_ids) AS u(brand_key, user_id)
-                  WHERE u.brand_key IS NOT NULL ORDER BY 1, 2 LOOP
-        PERFORM pg_advisory_xact_lock(v_lock.brand_key, v_lock.user_hash);
+    -- 2. every user's advisory lock, in one order
+    FOR v_lock IN SELECT DISTINCT hashtext(u) FROM unnest(p_user_ids) u ORDER BY 1 LOOP
+        PERFORM pg_advisory_xact_lock(v_brand, v_lock);
     END LOOP;
 
-    -- 3. brand by brand
-    FOR v_item IN SELECT u.brand_key, u.i::integer AS i, u.user_id, u.email, u.hint
-                  FROM unnest(v_keys, p_user_ids, p_emails, p_after_code_keys)
-                       WITH ORDINALITY AS u(brand_key, user_id, email, hint, i)
-                  WHERE u.brand_key IS NOT NULL ORDER BY u.brand_key, u.i LOOP
-        v_i := v_item.i;
-        v_user := v_item.user_id;
-
-        IF v_brand IS DISTINCT FROM v_item.brand_key THEN
-            v_brand := v_item.brand_key;
-            v_hint := coalesce(v_item.hint, 0);
-            IF v_hint = 0 THEN  -- 4. start after the code of the brand's latest claim
-                SELECT h.last_sequence INTO v_last FROM brand_feed_heads h WHERE h.brand_key = v_brand;
-                SELECT c.code INTO v_last_code FROM claims c WHERE c.brand_key = v_brand AND c.sequence = v_last;
-                IF FOUND THEN
-                    SELECT co.code_key INTO v_hint FROM codes co
-                    WHERE co.brand_key = v_brand AND co.code = v_last_code LIMIT 1;
-                END IF;
-                v_hint := coalesce(v_hint, 0);
-            END IF;
+    -- 3. without a hint, start after the code of the brand's latest claim
+    IF v_hint = 0 THEN
+        SELECT c.code INTO v_last_code FROM claims c WHERE c.brand_key = v_brand AND c.sequence = v_last;
+        IF FOUND THEN
+            SELECT co.code_key INTO v_hint FROM codes co
+            WHERE co.brand_key = v_brand AND co.code = v_last_code LIMIT 1;
         END IF;
+        v_hint := coalesce(v_hint, 0);
+    END IF;
 
-        -- 5. the code the user already holds
+    FOR v_i IN 1 .. cardinality(p_user_ids) LOOP
+        v_user := p_user_ids[v_i];
+
+        -- 4. the code the user already holds
         RETURN QUERY
             SELECT v_i, 'existing'::text, c.sequence, c.code, c.email, c.claimed_at, c.expires_at, NULL::bigint
             FROM claims c WHERE c.brand_key = v_brand AND c.user_id = v_user;
@@ -202,7 +185,7 @@ BEGIN
             CONTINUE;
         END IF;
 
-        -- 5. the oldest free code after the hint (pick_free_code in sql/queries.sql) ...
+        -- 4. the oldest free code after the hint (pick_free_code in sql/queries.sql) ...
         SELECT f.ctid, f.code, f.expires_at, f.code_key INTO v_ctid, v_code, v_expires, v_code_key
         FROM codes f
         WHERE f.brand_key = v_brand AND NOT f.claimed AND f.code_key > v_hint
@@ -228,8 +211,8 @@ BEGIN
             CONTINUE;
         END IF;
 
-        -- 6. claim it; the feed-head bump comes last, its row lock held to commit
-        UPDATE codes SET claimed = true WHERE ctid = v_ctid;
+        -- 5. claim it (by brand_key and ctid); the feed-head bump comes last, its row lock held to commit
+        UPDATE codes SET claimed = true WHERE brand_key = v_brand AND ctid = v_ctid;
         v_hint := v_code_key;
 
         UPDATE brand_feed_heads h SET last_sequence = h.last_sequence + 1
@@ -237,15 +220,69 @@ BEGIN
         RETURNING h.last_sequence INTO v_sequence;
 
         INSERT INTO claims (brand_key, sequence, code, user_id, email, claimed_at, expires_at)
-        VALUES (v_brand, v_sequence, v_code, v_user, v_item.email, now(), v_expires);
+        VALUES (v_brand, v_sequence, v_code, v_user, p_emails[v_i], now(), v_expires);
 
-        RETURN QUERY SELECT v_i, 'claimed'::text, v_sequence, v_code, v_item.email, now(), v_expires, v_code_key;
+        RETURN QUERY SELECT v_i, 'claimed'::text, v_sequence, v_code, p_emails[v_i], now(), v_expires, v_code_key;
     END LOOP;
 END
 $$;
 
--- Several claims of one brand in one transaction: discount_claim_many with every item of the same
--- brand and hint, so the claim's steps are written once.
+-- Claims of several brands in one transaction, in one round trip: one commit, so one WAL flush, for
+-- all of them. A claim holds its brand's feed-head row lock from the sequence bump until its commit
+-- is flushed, so claims of one brand cannot share a flush through PostgreSQL's group commit, and a
+-- claim alone in its transaction pays a round trip, a commit and a flush of its own. On a single
+-- PostgreSQL the server gathers claims in a few lanes (a brand always in the same lane, one
+-- transaction per lane at a time) and sends each lane's waiting claims here together, whatever their
+-- brands (claim_batcher.py).
+--   1. resolve the brands, each by an equality on the unique brand_id (an item of an unknown brand
+--      answers 'brand_not_found');
+--   2. take the advisory lock of every (brand, user) of the call first, in (brand_key,
+--      hashtext(user)) order;
+--   3. claim brand by brand in brand_key order (discount_claim_brand, each brand's items in array
+--      order, with the hint of its first): with 2., every call takes its locks (advisory locks, then
+--      feed-head rows) in one global order, so two calls from any number of servers cannot deadlock.
+CREATE FUNCTION discount_claim_many(
+    p_brand_ids text[], p_user_ids text[], p_emails text[], p_after_code_keys bigint[])
+RETURNS TABLE (item integer, outcome text, sequence bigint, code text, email text,
+               claimed_at timestamptz, expires_at timestamptz, code_key bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_keys  integer[];
+    v_lock  record;
+    v_brand record;
+BEGIN
+    -- 1. the brands
+    v_keys := ARRAY(SELECT (SELECT b.brand_key FROM brands b WHERE b.brand_id = u.brand_id)
+                    FROM unnest(p_brand_ids) WITH ORDINALITY AS u(brand_id, i) ORDER BY u.i);
+    RETURN QUERY SELECT u.i::integer, 'brand_not_found'::text, NULL::bigint, NULL::text, NULL::text,
+                        NULL::timestamptz, NULL::timestamptz, NULL::bigint
+                 FROM unnest(v_keys) WITH ORDINALITY AS u(brand_key, i) WHERE u.brand_key IS NULL;
+
+    -- 2. every (brand, user) advisory lock, in one global order
+    FOR v_lock IN SELECT DISTINCT u.brand_key, hashtext(u.user_id) AS user_hash
+                  FROM unnest(v_keys, p_user_ids) AS u(brand_key, user_id)
+                  WHERE u.brand_key IS NOT NULL ORDER BY 1, 2 LOOP
+        PERFORM pg_advisory_xact_lock(v_lock.brand_key, v_lock.user_hash);
+    END LOOP;
+
+    -- 3. brand by brand in brand_key order, each brand's items in array order, with the hint of its first
+    FOR v_brand IN SELECT u.brand_key, array_agg(u.i::integer ORDER BY u.i) AS items,
+                          array_agg(u.user_id ORDER BY u.i) AS user_ids, array_agg(u.email ORDER BY u.i) AS emails,
+                          (array_agg(u.hint ORDER BY u.i))[1] AS hint
+                   FROM unnest(v_keys, p_user_ids, p_emails, p_after_code_keys)
+                        WITH ORDINALITY AS u(brand_key, user_id, email, hint, i)
+                   WHERE u.brand_key IS NOT NULL GROUP BY u.brand_key ORDER BY u.brand_key LOOP
+        RETURN QUERY
+            SELECT v_brand.items[c.item], c.outcome, c.sequence, c.code, c.email, c.claimed_at, c.expires_at,
+                   c.code_key
+            FROM discount_claim_brand(v_brand.brand_key, v_brand.user_ids, v_brand.emails, v_brand.hint) c;
+    END LOOP;
+END
+$$;
+
+-- Several claims of one brand in one transaction, by brand_id: discount_claim_many with every item
+-- of the same brand and hint, so the claim's steps are written once.
 CREATE FUNCTION discount_claim_batch(
     p_brand_id text, p_user_ids text[], p_emails text[], p_after_code_key bigint)
 RETURNS TABLE (item integer, outcome text, sequence bigint, code text, email text,
