@@ -65,29 +65,38 @@ def citus_database() -> Iterator[str]:
         yield cluster.create_database(DATABASE)
 
 
+def _node_of(url: str, brand_id: str) -> str:
+    """Which node holds the brand's shards ("single" on plain PostgreSQL)."""
+    if not execute(url, "SELECT 1 FROM pg_extension WHERE extname = 'citus'"):
+        return "single"
+    rows = execute(
+        url,
+        "SELECT p.nodeport FROM brands b, pg_dist_shard_placement p WHERE b.brand_id = %s"
+        " AND p.shardid = get_shard_id_for_distribution_column('codes', b.brand_key)",
+        (brand_id,),
+    )
+    return f"worker:{rows[0][0]}"
+
+
 def setup(url: str, brands: int, codes: int) -> tuple[list[str], str, dict[str, int]]:
-    """Migrates, makes the brands with their codes and a service key; returns the brands, the key
-    and how many brands each node holds ({"single": n} on plain PostgreSQL)."""
+    """Migrates, makes the brands with their codes (on Citus, brands are created until each worker
+    holds half of them) and a service key; returns the brands, the key and the brands per node."""
     migrate(url)
-    names = [f"brand{i}" for i in range(brands)]
-    for name in names:
+    chosen: dict[str, list[str]] = {}
+    for i in range(16 * brands):
+        name = f"brand{i}"
         create_brand(url, name)
-        add_codes(url, name, codes, prefix="B-")
-    citus = execute(url, "SELECT 1 FROM pg_extension WHERE extname = 'citus'")
-    nodes: Counter[str] = Counter()
+        node = _node_of(url, name)
+        group = chosen.setdefault(node, [])
+        if len(group) < (brands if node == "single" else brands // 2):
+            group.append(name)
+        if sum(len(g) for g in chosen.values()) == brands:
+            break
+    names = [name for group in chosen.values() for name in group]
     for name in names:
-        if citus:
-            rows = execute(
-                url,
-                "SELECT p.nodeport FROM brands b, pg_dist_shard_placement p WHERE b.brand_id = %s"
-                " AND p.shardid = get_shard_id_for_distribution_column('codes', b.brand_key)",
-                (name,),
-            )
-            nodes[f"worker:{rows[0][0]}"] += 1
-        else:
-            nodes["single"] += 1
+        add_codes(url, name, codes, prefix="B-")
     execute(url, "CHECKPOINT")
-    return names, create_key(url, "service"), dict(nodes)
+    return names, create_key(url, "service"), {node: len(group) for node, group in chosen.items()}
 
 
 async def claim_load(
