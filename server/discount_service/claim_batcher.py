@@ -4,20 +4,24 @@ A claim holds its brand's feed-head row lock until its commit is flushed to disk
 sequences gapless and in commit order (docs/design.md#trap-outbox-order), but it also means the
 claims of one brand cannot share a WAL flush through PostgreSQL's own group commit. And a claim
 alone in its transaction pays a round trip, a pool checkout, a commit and a flush of its own,
-whatever its brand. So claims are gathered in a few lanes and each lane's waiting claims go
+whatever its brand. So claims that arrive while a claim transaction runs wait, and then go
 together, whatever their brands, in one call of `discount_claim_many` (sql/schema.sql): one round
 trip and one flush for all of them (docs/design.md, "Group commit across brands").
 
-- A brand always goes to the same lane (a stable hash of its id), and a lane runs one transaction
-  at a time. So two transactions of this process never hold locks of the same brand: they never
-  wait for each other, and a hot brand's claims queue here, not on its feed-head row in PostgreSQL.
-  Inside a transaction the function takes its locks in one global order, so transactions of other
-  servers cannot deadlock with it either.
-- A claim that finds its lane idle goes at once, alone: no added latency.
-- Each transaction carries up to `MAX_BATCH` claims. Every claim gets the same answer it would
-  have got alone. If a transaction fails as a whole (say one item holds a value the database
-  refuses), its claims are retried one by one, so one bad claim fails alone. A caller that gave up
-  (deadline, cancel) before its batch left is not claimed for.
+- A claim that finds no transaction running goes at once, alone: no added latency.
+- One transaction at a time, each with up to `MAX_BATCH` claims: on two shared cores every further
+  transaction in flight only meant smaller batches and more commits for the same claims
+  (docs/performance.md). A second one starts only when the one in flight has run for
+  `STALL_SECONDS` (say it waits for a lock another server holds), and only with claims of other
+  lanes; at most `MAX_TRANSACTIONS`.
+- Brands are hashed to `LANES` lanes, and a lane is in at most one transaction at a time, so two
+  transactions of this process never hold locks of the same brand: they never wait for each other,
+  and a stalled brand holds up only its lane. Inside a transaction the function takes its locks
+  in one global order, so transactions of other servers cannot deadlock with it either.
+- Every claim gets the same answer it would have got alone. If a transaction fails as a whole (say
+  one item holds a value the database refuses), its claims are retried one by one, so one bad
+  claim fails alone. A caller that gave up (deadline, cancel) before its batch left is not claimed
+  for.
 - On a Citus cluster (`store.claims_span_brands` false) a call must stay on the one node that holds
   its brand, so a transaction's claims go as one call per brand, all at once: each brand's still
   share a commit, on its node.
@@ -33,7 +37,7 @@ import logging
 import zlib
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import errors
 from .models import Claim, ClaimOutcome
@@ -42,9 +46,9 @@ from .store import ClaimItem, ClaimRow, Store
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 64
-# Transactions in flight at most. More lanes mean smaller batches (more commits for the same claims)
-# but more claims moving while one lane waits for its flush; docs/performance.md measures the choice.
-LANES = 4
+LANES = 64
+STALL_SECONDS = 0.05
+MAX_TRANSACTIONS = 4
 
 
 @dataclass
@@ -55,65 +59,103 @@ class _Pending:
     future: asyncio.Future[ClaimRow]
 
 
-@dataclass
-class _Lane:
-    pending: deque[_Pending] = field(default_factory=deque)
-    busy: bool = False
-
-
 class ClaimBatcher:
-    def __init__(
-        self,
-        store: Store,
-        *,
-        on_committed: Callable[[str, list[Claim]], None],
-        lanes: int = LANES,
-    ) -> None:
+    def __init__(self, store: Store, *, on_committed: Callable[[str, list[Claim]], None]) -> None:
         self._store = store
         # Told of every transaction's new claims of each brand, in sequence order, even if their
         # callers are gone: the live feed takes them from here without reading them back.
         self._on_committed = on_committed
         # Per brand, the highest code_key this process claimed: where the next code pick starts.
         self._hints: dict[str, int] = {}
-        self._lanes = [_Lane() for _ in range(lanes)]
+        self._lanes: list[deque[_Pending]] = [deque() for _ in range(LANES)]
+        self._busy = [False] * LANES
+        # Lanes with waiting claims, the longest waiting first.
+        self._waiting: dict[int, None] = {}
+        self._started: list[float] = []  # loop.time() at which each transaction in flight started
+        self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def _lane(self, brand_id: str) -> _Lane:
+    @staticmethod
+    def _lane(brand_id: str) -> int:
         # Stable across processes and restarts (str.__hash__ is salted per process).
-        return self._lanes[zlib.crc32(brand_id.encode()) % len(self._lanes)]
+        return zlib.crc32(brand_id.encode()) % LANES
 
     async def claim(self, brand_id: str, user_id: str, email: str) -> ClaimRow:
-        lane = self._lane(brand_id)
         future: asyncio.Future[ClaimRow] = asyncio.get_running_loop().create_future()
-        lane.pending.append(_Pending(brand_id, user_id, email, future))
-        if not lane.busy:
-            lane.busy = True
-            task = asyncio.get_running_loop().create_task(self._drain(lane))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        lane = self._lane(brand_id)
+        self._lanes[lane].append(_Pending(brand_id, user_id, email, future))
+        self._waiting.setdefault(lane, None)
+        self._maybe_start()
         return await future
 
-    async def _drain(self, lane: _Lane) -> None:
+    def _maybe_start(self) -> None:
+        """Starts a transaction if none runs, or if every one in flight has stalled."""
+        while self._waiting and len(self._started) < MAX_TRANSACTIONS:
+            loop = asyncio.get_running_loop()
+            if self._started:
+                stalled_at = max(self._started) + STALL_SECONDS
+                if loop.time() < stalled_at:
+                    if self._timer is None:
+                        self._timer = loop.call_at(stalled_at, self._on_timer)
+                    return
+            batch, lanes = self._take()
+            if not lanes:
+                return  # every waiting claim is in a lane that is in a transaction already
+            self._started.append(loop.time())
+            task = loop.create_task(self._transaction(batch, lanes, self._started[-1]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._maybe_start()
+
+    def _take(self) -> tuple[list[_Pending], list[int]]:
+        """Up to MAX_BATCH waiting claims from lanes not in a transaction, longest waiting first;
+        marks those lanes busy. Claims whose callers gave up are dropped here, before they leave."""
         batch: list[_Pending] = []
+        lanes: list[int] = []
+        for lane in list(self._waiting):
+            if self._busy[lane]:
+                continue
+            queue = self._lanes[lane]
+            while queue and len(batch) < MAX_BATCH:
+                pending = queue.popleft()
+                if not pending.future.done():
+                    batch.append(pending)
+            if not queue:
+                del self._waiting[lane]
+            self._busy[lane] = True
+            lanes.append(lane)
+            if len(batch) >= MAX_BATCH:
+                break
+        return batch, lanes
+
+    async def _transaction(self, batch: list[_Pending], lanes: list[int], started: float) -> None:
         try:
-            while lane.pending:
-                taken = [lane.pending.popleft() for _ in range(min(MAX_BATCH, len(lane.pending)))]
-                batch = [p for p in taken if not p.future.done()]
-                if batch:
-                    await self._run(batch)
-                batch = []
+            if batch:
+                await self._run(batch)
         except BaseException as exc:  # never leave a caller waiting (e.g. cancelled at shutdown)
-            for p in [*batch, *lane.pending]:
+            waiting = [p for lane in range(LANES) for p in self._lanes[lane]]
+            for p in [*batch, *waiting]:
                 if not p.future.done():
                     p.future.set_exception(
                         errors.Unavailable("the server is stopping; retry", reason="SERVER_STOPPING")
                     )
-            lane.pending.clear()
+            for queue in self._lanes:
+                queue.clear()
+            self._waiting.clear()
             if not isinstance(exc, Exception):
                 raise
             log.exception("claim batch failed")
         finally:
-            lane.busy = False
+            for lane in lanes:
+                self._busy[lane] = False
+            self._started.remove(started)
+            if self._timer is not None and not self._started:
+                self._timer.cancel()
+                self._timer = None
+            self._maybe_start()
 
     def _item(self, p: _Pending) -> ClaimItem:
         return ClaimItem(p.brand_id, p.user_id, p.email, self._hints.get(p.brand_id, 0))

@@ -3,13 +3,19 @@
 - One LISTEN connection per process, whatever the number of watchers.
 - Per brand with watchers, one `BrandChannel` keeps the newest claims in a bounded in-memory tail
   and fans them out from there. A watcher further behind than the tail (a replay from sequence 0,
-  or a slow consumer) pages from the database itself, so memory stays bounded.
+  or a slow consumer) pages from the database, through pages that watchers at the same place
+  share, so memory stays bounded and each claim is read and encoded once for all of them.
 - Claims made by this process are handed to the channel in memory after commit, no read needed;
   other replicas hear of them through a NOTIFY sent after commit, outside the claim transaction
-  (docs/design.md#trap-notify-commit-lock), and read them. A periodic poll covers a lost
-  notification, so an event can be late but never lost.
+  (docs/design.md#trap-notify-commit-lock), and read them.
+- The database work does not grow with the number of watched brands: one poll reads the heads of
+  every watched brand in one statement, and the claims of every channel that is behind are read
+  together, one round trip and one transaction for all of them. A lost notification is covered by
+  that poll, so an event can be late but never lost.
 - Fan-outs are paced by the number of watchers and the brand's claim rate (FANOUT_*); caught-up
-  watchers all get the same run of claims, so it is encoded once.
+  watchers all get the same run of claims, so it is encoded once. While this process serves
+  claims, all its watchers together get at most a budget of messages per second
+  (FANOUT_BUDGET_*): shoppers first; watchers that fall behind catch up when the claims stop.
 - Sequences are gapless and commit in order (docs/design.md#trap-outbox-order), so
   `sequence > cursor` is a safe resume point.
 """
@@ -20,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 
 from . import errors
@@ -30,12 +36,16 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 TAIL_SIZE = 8192
-# At most one NOTIFY per brand per this interval from a process: one per claim transaction would
-# add a database call per transaction of a hot brand, a measurable share of the server's CPU
-# (docs/performance.md). Only other processes' watchers wait for it (local ones get this process's
-# claims handed over in memory), by at most this much.
+# At most one NOTIFY round per this interval from a process, one transaction for every brand with
+# new claims: one per claim transaction would add a database call per transaction, a measurable
+# share of the server's CPU (docs/performance.md). Only other processes' watchers wait for it (local
+# ones get this process's claims handed over in memory), by at most this much.
 NOTIFY_INTERVAL_SECONDS = 0.005
+# A notification's payload is at most 8,000 bytes; brands beyond that go in further payloads.
+NOTIFY_PAYLOAD_BYTES = 7000
 PAGE_SIZE = 1000
+# Pages of claims behind the tails that watchers share, for the whole process: bounds memory.
+SHARED_PAGES = 16
 # Reads of the database for claims this process did not make (NOTIFY, poll) come at most this often.
 REFRESH_INTERVAL_SECONDS = 0.004
 # Every fan-out costs one gRPC message per watcher: server CPU, more in a Python client, and a
@@ -48,6 +58,83 @@ FANOUT_CLAIM_RATE_UNIT = 200  # every this many claims/s of the brand add one mo
 FANOUT_MIN_INTERVAL_SECONDS = 0.001
 FANOUT_MAX_INTERVAL_SECONDS = 0.1
 CLAIM_RATE_WINDOW_SECONDS = 0.25
+# While this process made a claim in the last FANOUT_BUDGET_CLAIMS_SECONDS, all its watch streams
+# together send at most this many messages per second (a message costs the server tens of
+# microseconds inside gRPC, docs/performance.md); watchers that want more fall behind and catch up
+# from the tail or the database once the claims stop. Unlimited otherwise.
+FANOUT_BUDGET_MESSAGES_PER_SECOND = 2000
+FANOUT_BUDGET_CLAIMS_SECONDS = 0.25
+FANOUT_BUDGET_GRANT = 16  # messages per grant: a watcher that wants more queues again behind the others
+
+
+class FanoutBudget:
+    """Messages the watch streams of this process may send while it serves claims: a token bucket
+    refilled at `rate`, whose waiters are served in turn (no thundering herd), and which lets
+    everything through as soon as no claim was made for `claims_seconds`."""
+
+    def __init__(self, rate: float, claims_seconds: float, grant: int) -> None:
+        self._rate = rate
+        self._claims_seconds = claims_seconds
+        self._grant = grant
+        self._loop = asyncio.get_running_loop()
+        self._tokens = float(grant)
+        self._refilled = self._loop.time()
+        self._claims_until = 0.0
+        self._waiters: deque[tuple[int, asyncio.Future[int]]] = deque()
+        self._timer: asyncio.Handle | None = None
+
+    def claims_made(self) -> None:
+        self._claims_until = self._loop.time() + self._claims_seconds
+
+    async def take(self, messages: int) -> int:
+        """Waits until the stream may send; returns how many of `messages` it may send now (>= 1)."""
+        if not self._waiters:
+            granted = self._try(messages)
+            if granted:
+                return granted
+        future: asyncio.Future[int] = self._loop.create_future()
+        self._waiters.append((messages, future))
+        self._schedule()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():  # granted as it was cancelled: give it back
+                self._tokens += future.result()
+            raise
+
+    def _try(self, messages: int) -> int:
+        now = self._loop.time()
+        if now >= self._claims_until:
+            return messages
+        self._tokens = min(float(self._grant), self._tokens + (now - self._refilled) * self._rate)
+        self._refilled = now
+        granted = min(messages, self._grant, int(self._tokens))
+        self._tokens -= granted
+        return granted
+
+    def _schedule(self) -> None:
+        if self._timer is not None or not self._waiters:
+            return
+        now = self._loop.time()
+        if now >= self._claims_until:
+            self._timer = self._loop.call_soon(self._release)
+        else:
+            wait = max(0.0, (min(self._waiters[0][0], self._grant) - self._tokens) / self._rate)
+            self._timer = self._loop.call_at(min(now + wait, self._claims_until), self._release)
+
+    def _release(self) -> None:
+        self._timer = None
+        while self._waiters:
+            messages, future = self._waiters[0]
+            if future.done():  # its stream was cancelled meanwhile
+                self._waiters.popleft()
+                continue
+            granted = self._try(messages)
+            if not granted:
+                break
+            self._waiters.popleft()
+            future.set_result(granted)
+        self._schedule()
 
 
 class BrandChannel:
@@ -58,8 +145,8 @@ class BrandChannel:
         self._feed = feed
         self._loop = asyncio.get_running_loop()
         self._tail: deque[Claim] = deque(maxlen=TAIL_SIZE)
-        self._head = -1  # highest sequence in the tail; -1 until the first read
-        self._visible = -1  # highest sequence watchers have been told of (<= _head)
+        self.head = -1  # highest sequence in the tail; -1 until the feed read where the brand stands
+        self._visible = -1  # highest sequence watchers have been told of (<= head)
         # The run of the last fan-out: every watcher that was caught up gets this same list object,
         # so the transport encodes it once for all of them.
         self._latest: list[Claim] = []
@@ -68,34 +155,38 @@ class BrandChannel:
         self._rate_window_start = self._loop.time()
         self._rate_window_head = -1
         self._fanout_timer: asyncio.TimerHandle | None = None
-        self._wake = asyncio.Event()
         self._new_data = asyncio.Event()
         self._ready = asyncio.Event()
-        self._task = self._loop.create_task(self._refresh_loop())
 
-    def wake(self) -> None:
-        """New claims may be in the database (another process's, or a lost notification)."""
-        self._wake.set()
+    def start_at(self, head: int) -> None:
+        """Where the brand's feed stands when the channel opens: live watching starts there."""
+        if self.head < 0:
+            self.head = self._visible = head
+            self._ready.set()
 
     def committed(self, claims: list[Claim]) -> None:
         """Claims this process just committed, in sequence order: appended without a read when
         they follow the tail; anything else (another process's claims in between) is read."""
+        self.absorb(claims, hand_over=True)
+
+    def absorb(self, claims: list[Claim], *, hand_over: bool = False) -> None:
+        """Appends the claims that follow the tail. A gap (claims of another process in between, or
+        a head not known yet) makes the feed read the database instead."""
         for claim in claims:
-            if claim.sequence <= self._head:
-                continue
-            if claim.sequence != self._head + 1 or self._head < 0:
-                self.wake()
+            if self.head >= 0 and claim.sequence <= self.head:
+                continue  # handed over while a read was in flight, or read while being handed over
+            if self.head < 0 or claim.sequence != self.head + 1:
+                if hand_over:
+                    self._feed.mark_stale(self)
                 break
             self._tail.append(claim)
-            self._head = claim.sequence
+            self.head = claim.sequence
         self._schedule_fanout()
 
-    async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+    def close(self) -> None:
         if self._fanout_timer is not None:
             self._fanout_timer.cancel()
+        self._ready.set()
         self._signal()
 
     def _signal(self) -> None:
@@ -103,13 +194,13 @@ class BrandChannel:
         fired.set()
 
     def _schedule_fanout(self) -> None:
-        if self._fanout_timer is not None or self._head <= self._visible:
+        if self._fanout_timer is not None or self.head <= self._visible:
             return
         now = self._loop.time()
         if now - self._rate_window_start >= CLAIM_RATE_WINDOW_SECONDS:
             if self._rate_window_head >= 0:
-                self._claim_rate = (self._head - self._rate_window_head) / (now - self._rate_window_start)
-            self._rate_window_start, self._rate_window_head = now, self._head
+                self._claim_rate = (self.head - self._rate_window_head) / (now - self._rate_window_start)
+            self._rate_window_start, self._rate_window_head = now, self.head
         pressure = 1 + self._claim_rate / FANOUT_CLAIM_RATE_UNIT
         interval = pressure * self.watchers / FANOUT_MESSAGES_PER_SECOND
         interval = min(max(interval, FANOUT_MIN_INTERVAL_SECONDS), FANOUT_MAX_INTERVAL_SECONDS)
@@ -124,38 +215,9 @@ class BrandChannel:
         first = self._tail[0].sequence
         start = max(self._visible + 1 - first, 0)
         self._latest = [self._tail[i] for i in range(start, len(self._tail))]
-        self._visible = self._head
+        self._visible = self.head
         self._last_fanout = self._loop.time()
         self._signal()
-
-    async def _refresh_loop(self) -> None:
-        store = self._feed.store
-        last_read = 0.0
-        while True:
-            try:
-                if self._head < 0:
-                    self._head = self._visible = await store.feed_head(self.brand_key)
-                    self._ready.set()
-                while True:
-                    page = await store.feed_page(self.brand_id, self.brand_key, self._head, PAGE_SIZE)
-                    # Claims handed over while the read was in flight are in the tail already.
-                    fresh = [claim for claim in page if claim.sequence > self._head]
-                    if fresh:
-                        self._tail.extend(fresh)
-                        self._head = fresh[-1].sequence
-                        self._schedule_fanout()
-                    if len(page) < PAGE_SIZE:
-                        break
-            except errors.Unavailable:
-                # The poll retries; watchers keep their cursor and catch up when it is back.
-                await asyncio.sleep(min(self._feed.poll_seconds, 0.5))
-                continue
-            await self._wake.wait()
-            pause = last_read + REFRESH_INTERVAL_SECONDS - self._loop.time()
-            if pause > 0:
-                await asyncio.sleep(pause)
-            self._wake.clear()
-            last_read = self._loop.time()
 
     def events_after(self, cursor: int) -> list[Claim] | None:
         """Claims after `cursor` that watchers have been told of, from memory, or None if the tail
@@ -183,10 +245,18 @@ class ClaimFeed:
         self.store = store
         self.poll_seconds = poll_seconds
         self._channels: dict[str, BrandChannel] = {}
+        # Channels that may have claims in the database that they do not hold yet, in the order
+        # they were marked; the reader reads them all in one round trip.
+        self._stale: dict[BrandChannel, None] = {}
+        self._stale_marked = asyncio.Event()
         self._pending_notifications: set[str] = set()
         self._notifier: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = asyncio.Event()
+        # Pages behind the tails, shared by the watchers that read them: (brand_id, page number)
+        # -> the page's claims, or the read in flight that will return them.
+        self._pages: OrderedDict[tuple[str, int], asyncio.Future[list[Claim]]] = OrderedDict()
+        self._budget: FanoutBudget | None = None
         # Tags this process's NOTIFYs, so it does not re-read claims it already woke itself for.
         self._origin = secrets.token_hex(4)
 
@@ -194,9 +264,17 @@ class ClaimFeed:
     def watcher_count(self) -> int:
         return sum(channel.watchers for channel in self._channels.values())
 
+    @property
+    def budget(self) -> FanoutBudget:
+        if self._budget is None:
+            self._budget = FanoutBudget(
+                FANOUT_BUDGET_MESSAGES_PER_SECOND, FANOUT_BUDGET_CLAIMS_SECONDS, FANOUT_BUDGET_GRANT
+            )
+        return self._budget
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._listen()), loop.create_task(self._poll())]
+        self._tasks = [loop.create_task(self._listen()), loop.create_task(self._poll()), loop.create_task(self._read())]
 
     async def stop(self) -> None:
         """Ends every watch stream cleanly and stops the listener."""
@@ -207,13 +285,14 @@ class ClaimFeed:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for channel in list(self._channels.values()):
-            await channel.close()
+            channel.close()
         if self._notifier is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._notifier, timeout=1.0)
 
     def claims_committed(self, brand_id: str, claims: list[Claim]) -> None:
         """Called after claims commit: hands them to local watchers and tells other replicas."""
+        self.budget.claims_made()
         channel = self._channels.get(brand_id)
         if channel is not None:
             channel.committed(claims)
@@ -221,57 +300,152 @@ class ClaimFeed:
         if self._notifier is None or self._notifier.done():
             self._notifier = asyncio.get_running_loop().create_task(self._send_notifications())
 
+    def mark_stale(self, channel: BrandChannel) -> None:
+        """The database may hold claims of this channel's brand that it has not seen."""
+        self._stale[channel] = None
+        self._stale_marked.set()
+
     async def _send_notifications(self) -> None:
-        # Coalesces: while one round of NOTIFYs is in flight, and for NOTIFY_INTERVAL_SECONDS
-        # after it, later claims of a brand share the next one. A lone claim is sent at once.
+        # Coalesces: while one NOTIFY transaction is in flight, and for NOTIFY_INTERVAL_SECONDS
+        # after it, later claims of every brand share the next one. A lone claim is sent at once.
         while self._pending_notifications:
             brands, self._pending_notifications = self._pending_notifications, set()
-            for brand_id in brands:
-                try:
-                    await self.store.notify_claims(f"{self._origin}:{brand_id}")
-                except errors.DiscountError:
-                    log.debug("NOTIFY failed; other replicas will see the claim at their next poll")
+            try:
+                await self.store.notify_claims(self._payloads(sorted(brands)))
+            except errors.DiscountError:
+                log.debug("NOTIFY failed; other replicas will see the claims at their next poll")
             await asyncio.sleep(NOTIFY_INTERVAL_SECONDS)
+
+    def _payloads(self, brands: list[str]) -> list[str]:
+        """`<origin>:<brand>\\n<brand>...`, each under the payload limit (a brand id holds no
+        control character, so a newline cannot be part of one)."""
+        payloads: list[str] = []
+        current: list[str] = []
+        size = 0
+        for brand_id in brands:
+            if current and size + len(brand_id.encode()) + 1 > NOTIFY_PAYLOAD_BYTES:
+                payloads.append(f"{self._origin}:" + "\n".join(current))
+                current, size = [], 0
+            current.append(brand_id)
+            size += len(brand_id.encode()) + 1
+        if current:
+            payloads.append(f"{self._origin}:" + "\n".join(current))
+        return payloads
 
     async def _listen(self) -> None:
         async for payload in self.store.notifications():
             if payload is None:  # (re)connected: anything may have been missed
                 for channel in self._channels.values():
-                    channel.wake()
+                    self.mark_stale(channel)
                 continue
-            origin, _, brand_id = payload.partition(":")
-            target = self._channels.get(brand_id)
-            if target is not None and origin != self._origin:
-                target.wake()
+            origin, _, brands = payload.partition(":")
+            if origin == self._origin:
+                continue
+            for brand_id in brands.split("\n"):
+                target = self._channels.get(brand_id)
+                if target is not None:
+                    self.mark_stale(target)
 
     async def _poll(self) -> None:
+        """One statement per poll for every watched brand: the heads; channels behind are read."""
         while True:
             await asyncio.sleep(self.poll_seconds)
-            for channel in list(self._channels.values()):
-                channel.wake()
+            channels = [c for c in self._channels.values() if c.head >= 0]
+            if not channels:
+                continue
+            try:
+                heads = await self.store.feed_heads([c.brand_key for c in channels])
+            except errors.Unavailable:
+                continue  # the next poll tries again; watchers keep their cursors
+            for channel in channels:
+                if heads.get(channel.brand_key, 0) > channel.head:
+                    self.mark_stale(channel)
 
-    async def watch(self, brand_id: str, brand_key: int, after_sequence: int) -> AsyncIterator[list[Claim]]:
+    async def _read(self) -> None:
+        """Reads what stale channels lack, all of them in one round trip, at most every
+        REFRESH_INTERVAL_SECONDS: a new channel's head, the others' claims after their tails."""
+        loop = asyncio.get_running_loop()
+        last_read = 0.0
+        while True:
+            await self._stale_marked.wait()
+            pause = last_read + REFRESH_INTERVAL_SECONDS - loop.time()
+            if pause > 0:
+                await asyncio.sleep(pause)
+            self._stale_marked.clear()
+            stale = [c for c in self._stale if self._channels.get(c.brand_id) is c]
+            self._stale.clear()
+            last_read = loop.time()
+            try:
+                new = [c for c in stale if c.head < 0]
+                behind = [c for c in stale if c.head >= 0]
+                if new:
+                    heads = await self.store.feed_heads([c.brand_key for c in new])
+                    for channel in new:
+                        channel.start_at(heads.get(channel.brand_key, 0))
+                if behind:
+                    cursors = [(c.brand_id, c.brand_key, c.head) for c in behind]
+                    for channel, page in zip(behind, await self.store.feed_pages(cursors, PAGE_SIZE), strict=True):
+                        channel.absorb(page)
+                        if len(page) == PAGE_SIZE:  # there may be more
+                            self.mark_stale(channel)
+            except errors.Unavailable:
+                # Watchers keep their cursors; the reads are retried once the database is back.
+                for channel in stale:
+                    self.mark_stale(channel)
+                await asyncio.sleep(min(self.poll_seconds, 0.5))
+
+    async def _page(self, brand_id: str, brand_key: int, cursor: int) -> list[Claim]:
+        """The claims after `cursor` up to the end of its page (pages are sequences
+        k*PAGE_SIZE+1 .. (k+1)*PAGE_SIZE, gapless, so watchers at the same place share one read
+        and the same Claim objects, which the transport then encodes once)."""
+        number = cursor // PAGE_SIZE
+        key = (brand_id, number)
+        page = self._pages.get(key)
+        if page is None or (page.done() and (page.cancelled() or page.exception() is not None)):
+            page = asyncio.ensure_future(self.store.feed_page(brand_id, brand_key, number * PAGE_SIZE, PAGE_SIZE))
+            self._pages[key] = page
+            while len(self._pages) > SHARED_PAGES:
+                self._pages.popitem(last=False)
+        else:
+            self._pages.move_to_end(key)
+        claims = await asyncio.shield(page)
+        if len(claims) < PAGE_SIZE and self._pages.get(key) is page:
+            del self._pages[key]  # the brand's last page, still filling: not kept
+        return [claim for claim in claims if claim.sequence > cursor]
+
+    async def watch(
+        self, brand_id: str, brand_key: int, after_sequence: int, *, claims_per_message: int = 1
+    ) -> AsyncIterator[list[Claim]]:
         """Every claim of the brand after `after_sequence`, oldest first, then live ones, until
         the feed stops (server shutdown). Yields them in runs of consecutive claims, as they are
-        available: every watcher of a brand shares the same Claim objects."""
+        available and as the fan-out budget allows (a run is sent as messages of up to
+        `claims_per_message` claims): every watcher of a brand shares the same Claim objects."""
         existing = self._channels.get(brand_id)
         channel = existing if existing is not None else BrandChannel(self, brand_id, brand_key)
-        self._channels[brand_id] = channel
+        if existing is None:
+            self._channels[brand_id] = channel
+            self.mark_stale(channel)
         channel.watchers += 1
         cursor = after_sequence
+        per_message = max(1, claims_per_message)
         try:
             await channel.ready()
             while not self._closing.is_set():
                 batch = channel.events_after(cursor)
                 if batch is None:  # behind the in-memory tail: page from the database
-                    batch = await self.store.feed_page(brand_id, brand_key, cursor, PAGE_SIZE)
-                if batch:
-                    yield batch
-                    cursor = batch[-1].sequence
+                    batch = await self._page(brand_id, brand_key, cursor)
+                if not batch:
+                    await channel.wait_for_news()
                     continue
-                await channel.wait_for_news()
+                messages = -(-len(batch) // per_message)
+                allowed = await self.budget.take(messages)
+                if allowed < messages:
+                    batch = batch[: allowed * per_message]
+                yield batch
+                cursor = batch[-1].sequence
         finally:
             channel.watchers -= 1
             if channel.watchers == 0 and self._channels.get(brand_id) is channel:
                 del self._channels[brand_id]
-                await channel.close()
+                self._stale.pop(channel, None)
+                channel.close()

@@ -126,15 +126,17 @@ class DiscountService:
         )
 
     async def open_watch(
-        self, principal: Principal, *, brand_id: str, after_sequence: int
+        self, principal: Principal, *, brand_id: str, after_sequence: int, claims_per_message: int = 1
     ) -> AsyncIterator[list[Claim]]:
-        """Checks the request, then returns the claim stream (so errors surface before streaming)."""
+        """Checks the request, then returns the claim stream (so errors surface before streaming).
+        `claims_per_message`: how many claims the transport sends per message, which is what the
+        feed's fan-out budget counts."""
         brand_id = validation.brand_id(brand_id)
         require_brand_access(principal, brand_id)
         brand_key = await self._store.brand_key(brand_id)
         if brand_key is None:
             raise errors.NotFound(f"brand {brand_id!r} does not exist")
-        return self._feed.watch(brand_id, brand_key, after_sequence)
+        return self._feed.watch(brand_id, brand_key, after_sequence, claims_per_message=claims_per_message)
 
 
 @dataclass(frozen=True)

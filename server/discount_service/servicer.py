@@ -264,13 +264,16 @@ class DiscountServicer(CallHandling):
             if isinstance(request, MalformedRequest):
                 raise errors.InvalidArgument("the request body is not a valid protobuf message")
             principal = await self._principal(context)
+            per_response = min(request.max_claims_per_response, MAX_CLAIMS_PER_RESPONSE)
             claims = await self._service.open_watch(
-                principal, brand_id=request.brand_id, after_sequence=request.after_sequence
+                principal,
+                brand_id=request.brand_id,
+                after_sequence=request.after_sequence,
+                claims_per_message=max(per_response, 1),
             )
             # Headers now, not with the first claim: a watcher of a quiet brand learns at once that
             # its stream is open (the browser page shows "Live" from this).
             await context.send_initial_metadata(())
-            per_response = min(request.max_claims_per_response, MAX_CLAIMS_PER_RESPONSE)
             async for run in claims:
                 if per_response <= 1:
                     for claim in run:

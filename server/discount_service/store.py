@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -200,6 +202,7 @@ class Store:
             name="discount",
         )
         self._checking = False
+        self._answered_at = -math.inf  # time.monotonic() of the last statement that succeeded
         # Whether one claim call may hold claims of several brands (discount_claim_many). Not on a
         # Citus cluster, where a call must stay on the one node that holds its brand (discount_claim_brand);
         # `open` finds out which.
@@ -251,13 +254,26 @@ class Store:
     async def _fetch(self, query: str, params: dict[str, Any], *, retry: bool = False) -> list[tuple[Any, ...]]:
         """Runs one statement. `retry` (for idempotent statements only) hides one stale pooled
         connection, e.g. after the database restarted or a backend was terminated."""
+        return (await self._fetch_many(query, [params], retry=retry))[0]
+
+    async def _fetch_many(
+        self, query: str, params: Sequence[dict[str, Any]], *, retry: bool = False
+    ) -> list[list[tuple[Any, ...]]]:
+        """Runs one statement once per parameter set and returns each run's rows. Several runs go
+        in one pipeline: one round trip, and one (implicit) transaction."""
         attempts = 2 if retry else 1
         for attempt in range(attempts):
             try:
                 with translate_errors():
                     async with self._connection() as conn:
-                        cur = await conn.execute(QUERIES[query], params)
-                        return await cur.fetchall() if cur.description else []
+                        if len(params) == 1:
+                            cursors = [await conn.execute(QUERIES[query], params[0])]
+                        else:
+                            async with conn.pipeline():
+                                cursors = [await conn.execute(QUERIES[query], p) for p in params]
+                        results = [await cur.fetchall() if cur.description else [] for cur in cursors]
+                self._answered_at = time.monotonic()
+                return results
             except errors.Unavailable as exc:
                 cause = exc.__cause__
                 if attempt + 1 < attempts and not isinstance(cause, PoolTimeout):
@@ -265,7 +281,12 @@ class Store:
                 raise
         raise AssertionError("unreachable")
 
-    async def ping(self, timeout: float = 1.0) -> bool:
+    async def ping(self, timeout: float = 1.0, *, unless_answered_within: float = 0.0) -> bool:
+        """Whether the database answers. With `unless_answered_within`, a statement of this store
+        that succeeded that recently counts as the answer, and nothing is sent: an idle server's
+        health checks then add no transactions to its feed's polling."""
+        if time.monotonic() - self._answered_at < unless_answered_within:
+            return True
         try:
             async with asyncio.timeout(timeout):
                 await self._fetch("ping", {})
@@ -402,23 +423,42 @@ class Store:
             raise errors.Unavailable(f"the claim call returned {len(by_item)} results for {len(items)} claims")
         return [_claim_row(brand_id, item.user_id, by_item[i + 1]) for i, item in enumerate(items)]
 
-    async def notify_claims(self, payload: str) -> None:
-        await self._fetch("notify_claims", {"payload": payload})
+    async def notify_claims(self, payloads: list[str]) -> None:
+        """Sends every payload on the claim channel, in one transaction."""
+        await self._fetch("notify_claims", {"payloads": payloads})
 
     async def feed_page(self, brand_id: str, brand_key: int, after_sequence: int, limit: int) -> list[Claim]:
-        rows = await self._fetch(
-            "feed_page", {"brand_key": brand_key, "after_sequence": after_sequence, "limit": limit}, retry=True
+        """A brand's claims after `after_sequence`, oldest first, at most `limit`."""
+        return (await self.feed_pages([(brand_id, brand_key, after_sequence)], limit))[0]
+
+    async def feed_pages(self, cursors: Sequence[tuple[str, int, int]], limit: int) -> list[list[Claim]]:
+        """For each (brand_id, brand_key, after_sequence), that brand's claims after the cursor,
+        oldest first, at most `limit`: one round trip and one transaction for all of them."""
+        results = await self._fetch_many(
+            "feed_page",
+            [{"brand_key": key, "after_sequence": after, "limit": limit} for _, key, after in cursors],
+            retry=True,
         )
         return [
-            Claim(
-                sequence=r[0], brand_id=brand_id, code=r[1], user_id=r[2], email=r[3], claimed_at=r[4], expires_at=r[5]
-            )
-            for r in rows
+            [
+                Claim(
+                    sequence=r[0],
+                    brand_id=brand_id,
+                    code=r[1],
+                    user_id=r[2],
+                    email=r[3],
+                    claimed_at=r[4],
+                    expires_at=r[5],
+                )
+                for r in rows
+            ]
+            for (brand_id, _, _), rows in zip(cursors, results, strict=True)
         ]
 
-    async def feed_head(self, brand_key: int) -> int:
-        rows = await self._fetch("feed_head", {"brand_key": brand_key}, retry=True)
-        return int(rows[0][0]) if rows else 0
+    async def feed_heads(self, brand_keys: Sequence[int]) -> dict[int, int]:
+        """brand_key -> the last sequence of its feed, for each of these brands that exists."""
+        rows = await self._fetch("feed_heads", {"brand_keys": list(brand_keys)}, retry=True)
+        return {int(key): int(last) for key, last in rows}
 
     async def notifications(self, keepalive_seconds: float = 5.0) -> AsyncIterator[str | None]:
         """Payloads of the claim channel from one dedicated LISTEN connection.

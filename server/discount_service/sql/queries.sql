@@ -139,14 +139,12 @@ WHERE c.brand_key = %(brand_key)s AND c.sequence > %(after_sequence)s
 ORDER BY c.sequence
 LIMIT %(limit)s;
 
--- name: feed_head
--- The last sequence of a brand's feed: where a live watcher starts.
-SELECT last_sequence FROM brand_feed_heads WHERE brand_key = %(brand_key)s;
-
 -- name: notify_claims
--- A NOTIFY needs a transaction id, so with synchronous_commit its commit would wait for a WAL
--- flush. It is only a wake-up hint (watchers also poll), so this one commit is asynchronous.
-SELECT set_config('synchronous_commit', 'off', true), pg_notify('discount_claims', %(payload)s);
+-- Every payload on the claim channel, in one transaction. A NOTIFY needs a transaction id, so with
+-- synchronous_commit its commit would wait for a WAL flush. It is only a wake-up hint (watchers
+-- also poll), so this one commit is asynchronous.
+SELECT set_config('synchronous_commit', 'off', true),
+       (SELECT count(pg_notify('discount_claims', p)) FROM unnest(%(payloads)s::text[]) AS p);
 
 -- name: listen_claims
 -- Subscribes the listener connection to the channel notify_claims sends on.
@@ -275,6 +273,11 @@ SELECT create_distributed_table(%(table)s::regclass, 'brand_key', colocate_with 
 SELECT item, outcome, sequence, code, email, claimed_at, expires_at, code_key
 FROM discount_claim_many(%(brand_ids)s::text[], %(user_ids)s::text[], %(emails)s::text[],
                          %(after_code_keys)s::bigint[]);
+
+-- name: feed_heads
+-- The last sequence of each of these brands' feeds: where a live watcher starts, and the feed's
+-- one poll for all the brands a process watches.
+SELECT brand_key, last_sequence FROM brand_feed_heads WHERE brand_key = ANY(%(brand_keys)s::integer[]);
 
 -- name: citus_distributed_functions
 -- The functions Citus already routes by an argument, by signature.
