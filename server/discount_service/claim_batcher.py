@@ -76,13 +76,13 @@ class ClaimBatcher:
         self._tasks: set[asyncio.Task[None]] = set()
 
     @staticmethod
-    def _lane(brand_id: str) -> int:
+    def lane_of(brand_id: str) -> int:
         # Stable across processes and restarts (str.__hash__ is salted per process).
         return zlib.crc32(brand_id.encode()) % LANES
 
     async def claim(self, brand_id: str, user_id: str, email: str) -> ClaimRow:
         future: asyncio.Future[ClaimRow] = asyncio.get_running_loop().create_future()
-        lane = self._lane(brand_id)
+        lane = self.lane_of(brand_id)
         self._lanes[lane].append(_Pending(brand_id, user_id, email, future))
         self._waiting.setdefault(lane, None)
         self._maybe_start()
