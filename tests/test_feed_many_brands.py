@@ -1,0 +1,217 @@
+"""The feed of a process watching many brands: one watcher per brand for 1,000 brands, each gets
+exactly its brand's claims, and an idle server's database work does not grow with the number of
+watched brands (feed.py polls every watched brand's head in one statement).
+
+Transactions are counted exactly, by a TCP proxy between the server and PostgreSQL that reads the
+backend's replies: every ReadyForQuery that says "idle" ends a transaction (pg_stat_database
+would count them too, but it receives an idle backend's counts up to seconds late on PostgreSQL 15).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import struct
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import psycopg
+
+from discount.v1 import discount_service_pb2 as pb
+from tests.support import in_process_server, sql
+
+BRANDS = 1000
+CLAIMS = 3000
+IDLE_WINDOW_SECONDS = 10.0
+
+
+class TransactionCountingProxy:
+    """Forwards TCP connections to PostgreSQL and counts the transactions their clients end."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self.transactions = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection(*self._target)
+        for task in (
+            asyncio.ensure_future(self._pipe(client_reader, server_writer)),
+            asyncio.ensure_future(self._replies(server_reader, client_writer)),
+        ):
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def _replies(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """The backend's messages: a type byte and a length; the first ReadyForQuery follows the login."""
+        logged_in = False
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                header = await reader.readexactly(5)
+                kind, length = header[:1], struct.unpack("!I", header[1:])[0]
+                body = await reader.readexactly(length - 4)
+                writer.write(header + body)
+                await writer.drain()
+                if kind == b"Z" and body == b"I":
+                    if logged_in:
+                        self.transactions += 1
+                    logged_in = True
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def counted(url: str) -> AsyncIterator[tuple[TransactionCountingProxy, str]]:
+    """A proxy to the database of `url`, and the URL that goes through it (no TLS, so the proxy
+    can read the replies)."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    proxy = TransactionCountingProxy(str(info.get("host") or "127.0.0.1"), int(info.get("port") or 5432))
+    port = await proxy.start()
+    info.update(host="127.0.0.1", port=str(port), sslmode="disable", gssencmode="disable")
+    try:
+        yield proxy, psycopg.conninfo.make_conninfo(**info)  # type: ignore[arg-type]
+    finally:
+        await proxy.close()
+
+
+async def idle_rate(proxy: TransactionCountingProxy) -> float:
+    """Transactions per second the server ends while nothing happens, over IDLE_WINDOW_SECONDS."""
+    before, started = proxy.transactions, time.monotonic()
+    await asyncio.sleep(IDLE_WINDOW_SECONDS)
+    return (proxy.transactions - before) / (time.monotonic() - started)
+
+
+def create_brands(url: str, count: int, codes: int) -> list[str]:
+    """`count` brands with `codes` free codes each, in one statement."""
+    sql(
+        url,
+        """
+        WITH b AS (
+            INSERT INTO brands (brand_id, name)
+            SELECT 'many-' || lpad(g::text, 4, '0'), 'Many' FROM generate_series(1, %(count)s) g
+            RETURNING brand_key
+        ), h AS (
+            INSERT INTO brand_feed_heads (brand_key, total_codes) SELECT brand_key, %(codes)s FROM b
+        ), batch AS (
+            INSERT INTO code_batches (batch_id, brand_key, generated, code_length, prefix)
+            SELECT gen_random_uuid(), brand_key, %(codes)s, 12, 'M-' FROM b
+            RETURNING batch_key, brand_key
+        )
+        INSERT INTO codes (brand_key, batch_key, code)
+        SELECT batch.brand_key, batch.batch_key, 'M-' || batch.brand_key || '-' || g
+        FROM batch, generate_series(1, %(codes)s) g
+        """,
+        {"count": count, "codes": codes},
+    )
+    return [f"many-{i:04d}" for i in range(1, count + 1)]
+
+
+async def test_a_thousand_watched_brands_each_get_their_claims_and_idle_polling_does_not_grow(
+    database_url: str,
+) -> None:
+    brands = create_brands(database_url, BRANDS, 20)
+    rng = random.Random(7)
+    async with counted(database_url) as (proxy, proxied_url), in_process_server(proxied_url) as (_, server):
+        channels = [grpc.aio.insecure_channel(server.address) for _ in range(20)]
+        received: dict[str, list[pb.Claim]] = defaultdict(list)
+        streams: list[grpc.aio.UnaryStreamCall[Any, Any]] = []
+
+        async def watch(k: int, brand: str, opened: asyncio.Future[None]) -> None:
+            call = channels[k % len(channels)].unary_stream(
+                "/discount.v1.DiscountService/WatchClaims",
+                request_serializer=pb.WatchClaimsRequest.SerializeToString,
+                response_deserializer=pb.WatchClaimsResponse.FromString,
+            )(pb.WatchClaimsRequest(brand_id=brand), metadata=server.metadata())
+            streams.append(call)
+            await call.initial_metadata()
+            opened.set_result(None)
+            with contextlib.suppress(asyncio.CancelledError):
+                async for response in call:
+                    received[brand].append(response.claim)
+
+        tasks: list[asyncio.Task[None]] = []
+
+        async def open_watchers(which: list[str]) -> None:
+            loop = asyncio.get_running_loop()
+            opened = [loop.create_future() for _ in which]
+            tasks.extend(
+                asyncio.ensure_future(watch(len(tasks) + k, brand, done))
+                for k, (brand, done) in enumerate(zip(which, opened, strict=True))
+            )
+            await asyncio.wait_for(asyncio.gather(*opened), 60)
+            await asyncio.sleep(2.0)  # the feed reads where each new brand's feed stands
+
+        try:
+            await asyncio.sleep(2.0)
+            rates = {0: await idle_rate(proxy)}
+            await open_watchers(brands[:10])
+            rates[10] = await idle_rate(proxy)
+            await open_watchers(brands[10:])
+            rates[BRANDS] = await idle_rate(proxy)
+
+            print(f"idle transactions/s by watched brands: {rates}")
+            # A poll of every watched brand's head, once a second, and a keepalive of the LISTEN
+            # connection every 5 s while nothing is heard: not one query per watched brand.
+            assert rates[BRANDS] <= 2.0, rates
+            assert rates[BRANDS] <= rates[10] + 0.5, rates
+
+            acked: dict[str, dict[str, str]] = defaultdict(dict)
+            queue: asyncio.Queue[int] = asyncio.Queue()
+            for i in range(CLAIMS):
+                queue.put_nowait(i)
+            stub = channels[0].unary_unary(
+                "/discount.v1.DiscountService/ClaimCode",
+                request_serializer=pb.ClaimCodeRequest.SerializeToString,
+                response_deserializer=pb.ClaimCodeResponse.FromString,
+            )
+
+            async def shopper() -> None:
+                while not queue.empty():
+                    i = queue.get_nowait()
+                    brand = rng.choice(brands)
+                    user = f"shopper-{i}"
+                    request = pb.ClaimCodeRequest(brand_id=brand, user_id=user, email=f"{user}@example.com")
+                    reply = await stub(request, metadata=server.metadata(), timeout=60)
+                    acked[brand][user] = reply.claim.code
+
+            await asyncio.gather(*(shopper() for _ in range(32)))
+            deadline = time.monotonic() + 60
+            while any(len(received[b]) < len(acked[b]) for b in brands) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)  # anything beyond its brand's claims would show now
+        finally:
+            for stream in streams:
+                stream.cancel()
+            for channel in channels:
+                await channel.close(None)
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    assert sum(len(users) for users in acked.values()) == CLAIMS
+    for brand in brands:
+        claims = received[brand]
+        assert [c.sequence for c in claims] == list(range(1, len(acked[brand]) + 1)), brand  # gapless, in order
+        assert all(c.brand_id == brand for c in claims), brand  # only its own brand's claims
+        assert {c.user_id: c.code for c in claims} == acked[brand], brand
