@@ -215,3 +215,33 @@ async def test_a_thousand_watched_brands_each_get_their_claims_and_idle_polling_
         assert [c.sequence for c in claims] == list(range(1, len(acked[brand]) + 1)), brand  # gapless, in order
         assert all(c.brand_id == brand for c in claims), brand  # only its own brand's claims
         assert {c.user_id: c.code for c in claims} == acked[brand], brand
+
+
+async def test_claims_nobody_notified_of_reach_their_watchers_through_the_poll(database_url: str) -> None:
+    """Claims committed without a NOTIFY (here straight in the database, as a lost notification
+    would leave them) reach every watcher of their brand by the feed's one poll of all heads."""
+    brands = create_brands(database_url, 50, 5)
+    async with in_process_server(database_url, feed_poll_seconds=0.5) as (_, server):
+        channel, stub = server.aio_stub()
+        received: dict[str, list[pb.Claim]] = defaultdict(list)
+
+        async def watch(brand: str) -> None:
+            async for response in stub.WatchClaims(pb.WatchClaimsRequest(brand_id=brand), metadata=server.metadata()):
+                received[brand].append(response.claim)
+
+        async with channel:
+            tasks = [asyncio.ensure_future(watch(brand)) for brand in brands]
+            await asyncio.sleep(2.0)
+            quiet = brands[::5]
+            for brand in quiet:
+                sql(database_url, "SELECT * FROM discount_claim(%s, 'quiet-user', 'quiet@example.com', 0)", (brand,))
+            started = time.monotonic()
+            while any(not received[b] for b in quiet) and time.monotonic() - started < 10:
+                await asyncio.sleep(0.05)
+            seen_after = time.monotonic() - started
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    assert {b: [(c.sequence, c.user_id) for c in received[b]] for b in quiet} == {b: [(1, "quiet-user")] for b in quiet}
+    assert not any(received[b] for b in brands if b not in quiet)
+    assert seen_after < 2.0, seen_after  # within a poll interval or two, not lost
