@@ -5,7 +5,9 @@ too, with the same assertions; the cluster is the session's (tests/conftest.py).
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import subprocess
 import time
 from collections import Counter
 from typing import Any
@@ -19,7 +21,17 @@ from discount_dev.citus import CitusDatabases
 from discount_service import errors
 from discount_service.models import Role
 from discount_service.store import CITUS_DISTRIBUTED_TABLES, CITUS_REFERENCE_TABLES, QUERIES, Store
-from tests.support import ServerHandle, claim_request, create_brand, generate_codes_sql, in_process_server, sql
+from tests.readme_support import code_blocks, readme_section
+from tests.support import (
+    BIN,
+    ROOT,
+    ServerHandle,
+    claim_request,
+    create_brand,
+    generate_codes_sql,
+    in_process_server,
+    sql,
+)
 
 
 def worker_port_of(url: str, brand_id: str) -> int | None:
@@ -288,3 +300,27 @@ def test_the_feed_reads_one_shard_and_generation_copies_to_one(citus_databases: 
         assert sql(url, "SELECT count(*) FROM codes WHERE brand_key = %s", (key,)) == [(1000,)]
     finally:
         citus_databases.drop(url)
+
+
+def test_the_readme_cluster_command_runs_a_cluster_that_discount_migrate_distributes() -> None:
+    """README, "Running on Citus": the command prints the coordinator's URL, `discount migrate`
+    against it distributes the tables, and Enter stops the cluster."""
+    block = next(b for b in code_blocks(readme_section("Running on Citus"), "sh") if "CitusCluster" in b)
+    command = block[block.index(".venv/bin/python -c") :]
+    with subprocess.Popen(
+        ["bash", "-c", command], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as cluster:
+        assert cluster.stdin is not None and cluster.stdout is not None
+        url = cluster.stdout.readline().strip()
+        try:
+            assert re.fullmatch(r"postgresql://postgres@127\.0\.0\.1:\d+/discount", url), url
+            env = {**os.environ, "DISCOUNT_DATABASE_URL": url}
+            migrated = subprocess.run([str(BIN / "discount"), "migrate"], env=env, capture_output=True, text=True)
+            assert migrated.returncode == 0, migrated.stderr
+            assert sql(url, "SELECT count(*) FROM pg_dist_partition") == [(6,)]
+        finally:
+            cluster.stdin.write("\n")
+            cluster.stdin.close()
+            assert cluster.wait(timeout=60) == 0
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(url, connect_timeout=2).close()
