@@ -275,13 +275,23 @@ def _node_urls(url: str) -> list[tuple[int, str]]:
 
 
 def test_the_feed_reads_one_shard_and_generation_copies_to_one(citus_databases: CitusDatabases) -> None:
-    """A feed page is a router query (one task); a brand's COPY goes to one shard."""
+    """A feed page is a router query (one task), the poll of several brands' heads reads only their
+    shards; a brand's COPY goes to one shard."""
     url = citus_databases.create()
     try:
         create_brand(url, "feed")
         key = _brand_key(url, "feed")
         plan = _plan(url, QUERIES["feed_page"], {"brand_key": key, "after_sequence": 0, "limit": 100})
         assert [line.strip() for line in plan if "Task Count" in line] == ["Task Count: 1"], plan
+        others = [_brand_key(url, b) for b in brands_on_every_node(url, 1, 0)]
+        plan = _plan(url, QUERIES["feed_heads"], {"brand_keys": [key, *others]})
+        shards = sql(
+            url,
+            "SELECT count(DISTINCT get_shard_id_for_distribution_column('brand_feed_heads', k))"
+            " FROM unnest(%s::integer[]) k",
+            ([key, *others],),
+        )[0][0]
+        assert [line.strip() for line in plan if "Task Count" in line] == [f"Task Count: {shards}"], plan
         notices: list[str] = []
         with psycopg.connect(url, autocommit=True) as conn:
             conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
