@@ -4,6 +4,7 @@ and the bulk setup and EXPLAINs the phases run on it (setup, never measured)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from typing import Any
@@ -46,6 +47,8 @@ class Db:
 
     def __init__(self, pg: PrivatePostgres) -> None:
         execute(pg.url, f"CREATE DATABASE {DATABASE}")
+        self._pg_url = pg.url
+        self._log = pg.log
         self.url = pg.url_for(DATABASE)
         self.name = DATABASE
         env = {**os.environ, "DISCOUNT_DATABASE_URL": self.url}
@@ -62,6 +65,83 @@ class Db:
         if codes:
             add_codes(self.url, brand_id, codes, prefix="B-")
         return key
+
+    def brands(self, prefix: str, count: int, codes: int) -> list[str]:
+        """`count` brands `<prefix>-0000`... with `codes` free codes each, in one statement; returns
+        their ids."""
+        self.sql(
+            """
+            WITH b AS (
+                INSERT INTO brands (brand_id, name)
+                SELECT %(prefix)s || '-' || lpad(g::text, 4, '0'), %(prefix)s FROM generate_series(0, %(count)s - 1) g
+                RETURNING brand_key
+            ), h AS (
+                INSERT INTO brand_feed_heads (brand_key, total_codes) SELECT brand_key, %(codes)s FROM b
+            ), batch AS (
+                INSERT INTO code_batches (batch_id, brand_key, generated, code_length, prefix)
+                SELECT gen_random_uuid(), brand_key, %(codes)s, 12, 'B-' FROM b
+                RETURNING batch_key, brand_key
+            )
+            INSERT INTO codes (brand_key, batch_key, code)
+            SELECT batch.brand_key, batch.batch_key, 'B-' || upper(substr(md5(random()::text || g::text), 1, 12))
+            FROM batch, generate_series(1, %(codes)s) g
+            ON CONFLICT DO NOTHING
+            """,
+            {"prefix": prefix, "count": count, "codes": codes},
+        )
+        return [f"{prefix}-{i:04d}" for i in range(count)]
+
+    def last_sequences(self, brand_ids: list[str]) -> dict[str, int]:
+        """brand_id -> the last sequence of its feed."""
+        rows = self.sql(
+            "SELECT b.brand_id, h.last_sequence FROM brand_feed_heads h JOIN brands b USING (brand_key)"
+            " WHERE b.brand_id = ANY(%s)",
+            (brand_ids,),
+        )
+        return {str(brand): int(last) for brand, last in rows}
+
+    def transactions(self) -> int:
+        """Transactions committed or rolled back in the benchmark database so far, as the statistics
+        have them: asked from another database, so the question is not counted. An idle backend
+        reports its counts up to 10 s late on PostgreSQL 15 (and in bursts): read it 11 s after the
+        last work, over a window of tens of seconds."""
+        rows = execute(
+            self._pg_url,
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s",
+            (self.name,),
+        )
+        return int(rows[0][0])
+
+    def statements(self, seconds: float) -> dict[str, int]:
+        """The statements the service's connections send to the benchmark database over `seconds`,
+        by connection and statement, from PostgreSQL's own log, switched on for that window only:
+        exact, where pg_stat_database receives an idle backend's counts late and in bursts. The
+        service sends each statement in autocommit (a pipeline of several is one transaction, and
+        only the feed's catch-up reads use one), so for an idle server a statement is a transaction."""
+        settings = {"log_statement": "all", "log_line_prefix": "%m|%d|%a|"}
+        for name, value in settings.items():
+            execute(self._pg_url, f"ALTER SYSTEM SET {name} = '{value}'")
+        execute(self._pg_url, "SELECT pg_reload_conf()")
+        time.sleep(0.5)
+        start = self._log.stat().st_size
+        time.sleep(seconds)
+        end = self._log.stat().st_size
+        for name in settings:
+            execute(self._pg_url, f"ALTER SYSTEM RESET {name}")
+        execute(self._pg_url, "SELECT pg_reload_conf()")
+        with self._log.open("rb") as log:
+            log.seek(start)
+            text = log.read(end - start).decode(errors="replace")
+        counted: dict[str, int] = {}
+        for line in text.splitlines():
+            parts = line.split("|", 3)
+            if len(parts) < 4 or parts[1] != self.name or not parts[2].startswith("discount-service"):
+                continue
+            found = re.match(r"LOG:\s+(statement|execute [^:]*): (.*)", parts[3])
+            if found:
+                key = f"{parts[2]}: {' '.join(found.group(2).split())[:60]}"
+                counted[key] = counted.get(key, 0) + 1
+        return counted
 
     def key(self, role: str, brand_id: str | None = None) -> str:
         return create_key(self.url, role, brand_id)

@@ -1,14 +1,17 @@
 """The load generator: `python -m bench.loadgen CONFIG_JSON`, run as its own process.
 
 N calls in flight (closed loop, or paced at a fixed rate), spread over a few HTTP/2 connections
-(so SO_REUSEPORT workers all get some), every call with a distinct user of one hot brand. The very
-same loop drives the echo baseline: only the method path differs. Writes, per call, when it
-completed and how long it took, to the JSON file named in the config.
+(so SO_REUSEPORT workers all get some), every call with a distinct user of one hot brand, or of a
+random one of `brands`. The very same loop drives the echo baseline: only the method path differs.
+Writes, per call, when it completed and how long it took, to the JSON file named in the config;
+with `record_replies`, also each new claim's brand (index in `brands`), sequence and the wall-clock
+time its reply arrived, to match with the time a watcher received it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from array import array
 from typing import Any
@@ -30,7 +33,8 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
     duration = float(config["duration"])
     rate = float(config.get("rate", 0) or 0)
     prefix = config["user_prefix"]
-    brand = config["brand"]
+    brands = list(config.get("brands") or [config["brand"]])
+    record = bool(config.get("record_replies"))
     metadata = (("x-api-key", config["api_key"]),)
     check = config["method"] != "echo"
 
@@ -47,6 +51,9 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
     latency = array("d")
     errors: dict[str, int] = {}
     repeats = 0
+    reply_brand = array("i")
+    reply_sequence = array("q")
+    reply_at = array("d")
     t0 = time.perf_counter()
     wall0 = time.time()
     end = t0 + warmup + duration
@@ -54,6 +61,7 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
     async def worker(i: int) -> None:
         nonlocal repeats
         call = calls[i % n_channels]
+        pick = random.Random(i)
         k = 0
         while True:
             if rate:
@@ -66,15 +74,23 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
                 return
             user = f"{prefix}-{i}-{k}"
             k += 1
-            body = pb.ClaimCodeRequest(brand_id=brand, user_id=user, email=f"{user}@example.com").SerializeToString()
+            b = pick.randrange(len(brands))
+            request = pb.ClaimCodeRequest(brand_id=brands[b], user_id=user, email=f"{user}@example.com")
+            body = request.SerializeToString()
             try:
                 reply = await call(body, metadata=metadata, timeout=30)
             except grpc.aio.AioRpcError as exc:
                 errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
                 continue
             finished = time.perf_counter()
-            if check and not pb.ClaimCodeResponse.FromString(reply).newly_claimed:
-                repeats += 1
+            if check:
+                response = pb.ClaimCodeResponse.FromString(reply)
+                if not response.newly_claimed:
+                    repeats += 1
+                elif record:
+                    reply_brand.append(b)
+                    reply_sequence.append(response.claim.sequence)
+                    reply_at.append(time.time())
             done_at.append(finished - t0)
             latency.append(finished - start)
 
@@ -89,6 +105,7 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
         "latency": list(latency),
         "errors": errors,
         "repeats": repeats,
+        "replies": {"brand": list(reply_brand), "sequence": list(reply_sequence), "at": list(reply_at)},
     }
 
 

@@ -46,6 +46,11 @@ class Profile:
     paced_rates: tuple[float, ...]  # claims/s for the paced event-latency phases
     rounds: int = 1  # alternated repetitions of the comparisons
     workers: tuple[int, ...] = (1, 2)  # server processes compared in the throughput phase
+    many_brands: int = 1000  # brands of the cross-brand and many-watchers phases
+    many_brand_codes: int = 300  # free codes per brand of those phases
+    stats_delay: float = 11.0  # seconds after the last work before reading pg_stat_database
+    idle_window: float = 20.0  # seconds over which an idle server's transactions are counted
+    single_duration: float = 8.0  # measured seconds of the one-claim-per-message phase (its backlog)
 
 
 FULL = Profile(
@@ -54,7 +59,8 @@ FULL = Profile(
 )  # fmt: skip
 SMOKE = Profile(
     name="smoke", duration=2.0, warmup=0.5, concurrency=32, brand_codes=20_000, million=20_000,
-    generate=50_000, watchers=10, idle_streams=50, paced_rates=(50.0,),
+    generate=50_000, watchers=10, idle_streams=50, paced_rates=(50.0,), many_brands=20, many_brand_codes=1000,
+    stats_delay=0.0, idle_window=2.0, single_duration=2.0,
 )  # fmt: skip
 
 
@@ -111,19 +117,25 @@ class Bench:
         target: str | None = None,
         method: str = "claim",
         rate: float = 0.0,
+        brands: list[str] | None = None,
+        duration: float | None = None,
+        record_replies: bool = False,
     ) -> dict[str, Any]:
         """One load phase against `server` (its CPU and PostgreSQL's measured too) or a bare
-        `target`, in a load-generator process; returns its summary."""
+        `target`, in a load-generator process; returns its summary. With `brands`, each call is
+        for a random one of them; `record_replies` keeps each new claim's reply time."""
         profile = self.profile
         config = {
             "target": server.address if server else target,
             "method": method,
             "api_key": self.service_key,
             "brand": brand,
+            "brands": brands,
+            "record_replies": record_replies,
             "concurrency": profile.concurrency,
             "channels": 4,
             "warmup": profile.warmup,
-            "duration": profile.duration,
+            "duration": duration or profile.duration,
             "rate": rate,
             "user_prefix": f"{name}-{os.getpid()}",
             "out": str(self.workdir / f"load-{name}.json"),
@@ -131,7 +143,10 @@ class Bench:
         cpu_before = cpu_seconds(server.pid, children=True) if server else 0.0
         pg_before = pg_cpu(self.pg) if server else 0.0
         started = time.perf_counter()
-        summary = summarize_load(name, run_loadgen(config))
+        data = run_loadgen(config)
+        summary = summarize_load(name, data)
+        if record_replies:
+            summary["_replies"] = data["replies"]
         elapsed = time.perf_counter() - started
         if server:
             summary["server_cpu_s"] = round(cpu_seconds(server.pid, children=True) - cpu_before, 2)
@@ -459,8 +474,7 @@ def watched_phase(
 
 def feed(bench: Bench, workers: int) -> dict[str, Any]:
     """Claim throughput without watchers and with N watchers streaming every event, alternated in
-    rounds on one server; then event latency at the paced rates, with a tenth of the watchers, and
-    with watchers asking for one claim per message (the contract's default)."""
+    rounds on one server; then event latency at the paced rates, and with a tenth of the watchers."""
     profile, db = bench.profile, bench.db
     server = bench.start_server(workers)
     without_runs, with_runs, with_raw = [], [], []
@@ -477,7 +491,6 @@ def feed(bench: Bench, workers: int) -> dict[str, Any]:
         paced[f"{rate:.0f}"] = {"rate": rate, "load": load, "events": summarize_watch([raw])}
     few = max(1, profile.watchers // 10)  # where the knee is: the same closed loop with a tenth of them
     with_few, few_raw = watched_phase(bench, server, "watched-few", few)
-    with_single, single_raw = watched_phase(bench, server, "watched-single", profile.watchers, per_response=0)
     bench.stop_server(server)
     return {
         "without_watchers": merge_rounds(without_runs),
@@ -487,8 +500,6 @@ def feed(bench: Bench, workers: int) -> dict[str, Any]:
         "with_few_watchers": with_few,
         "few_watchers_events": summarize_watch([few_raw]),
         "max_claims_per_response": WATCH_CLAIMS_PER_RESPONSE,
-        "with_watchers_single": with_single,
-        "single_events": summarize_watch([single_raw]),
     }
 
 
@@ -522,3 +533,175 @@ def idle(bench: Bench) -> dict[str, Any]:
     log(f"idle: {summary['streams']} streams, RSS {summary['rss_mb']:.0f} MB, "
         f"LISTEN connections {summary['listen_connections']}")  # fmt: skip
     return summary
+
+
+# -- many brands ----------------------------------------------------------------------------------
+
+
+def idle_transactions(bench: Bench) -> dict[str, Any]:
+    """Transactions per second of the benchmark database while nothing but the server runs, read
+    `stats_delay` seconds after the last work, over `idle_window` seconds, two ways at once: from
+    pg_stat_database (xact_commit + xact_rollback; idle backends report late, in bursts) and
+    exactly, from PostgreSQL's statement log (Db.statements)."""
+    profile = bench.profile
+    time.sleep(profile.stats_delay)
+    before, started = bench.db.transactions(), time.perf_counter()
+    statements = bench.db.statements(profile.idle_window)
+    elapsed = time.perf_counter() - started
+    return {
+        "per_second": sum(statements.values()) / profile.idle_window,
+        "statements": statements,
+        "pg_stat_database_per_second": (bench.db.transactions() - before) / elapsed,
+    }
+
+
+def cross_brand(bench: Bench) -> dict[str, Any]:
+    """Claims each for a random one of `many_brands` brands against claims for one hot brand, on
+    one server, alternated in rounds; then the transactions/s of that server once the load stopped
+    (nothing watched)."""
+    profile, db = bench.profile, bench.db
+    brands = db.brands("cross", profile.many_brands, profile.many_brand_codes)
+    server = bench.start_server(1)
+    hot_runs: list[dict[str, Any]] = []
+    cross_runs: list[dict[str, Any]] = []
+    for r in range(profile.rounds):
+        db.brand(f"hot-x{r}", profile.brand_codes)
+        db.sql("CHECKPOINT")
+        hot_runs.append(bench.load(f"hot-brand-{r}", f"hot-x{r}", server=server))
+        db.sql("CHECKPOINT")
+        cross_runs.append(bench.load(f"cross-brand-{r}", brands[0], brands=brands, server=server))
+    after = idle_transactions(bench)
+    bench.stop_server(server)
+    log(f"cross-brand: {profile.many_brands} brands; idle after the load: {after['per_second']:.2f} transactions/s "
+        f"({after['pg_stat_database_per_second']:.2f} by pg_stat_database) {after['statements']}")  # fmt: skip
+    return {
+        "brands": profile.many_brands,
+        "hot": merge_rounds(hot_runs),
+        "cross": merge_rounds(cross_runs),
+        "idle_after": after,
+    }
+
+
+def reply_to_event(replies: dict[str, list[Any]], events: dict[str, list[Any]]) -> list[float]:
+    """For every claim both sides saw, the seconds from its ClaimCode reply reaching the load
+    generator to its event reaching its watcher (both processes on this machine's clock)."""
+    replied = {(b, s): t for b, s, t in zip(replies["brand"], replies["sequence"], replies["at"], strict=True)}
+    return sorted(
+        t - replied[(b, s)]
+        for b, s, t in zip(events["brand"], events["sequence"], events["at"], strict=True)
+        if (b, s) in replied
+    )
+
+
+def many_watchers(bench: Bench) -> dict[str, Any]:
+    """`many_brands` brands with one watcher each (asking for runs, like discount_client), all in one
+    watcher process: the idle server's transactions/s with none and with all of them watched;
+    claims for a random brand with and without watchers (other brands), alternated; then the
+    ClaimCode reply -> event latency at half the unwatched rate, and whether every watcher got
+    exactly its brand's claims."""
+    profile, db = bench.profile, bench.db
+    n = profile.many_brands
+    watched = db.brands("watched", n, profile.many_brand_codes)
+    unwatched = db.brands("unwatched", n, profile.many_brand_codes)
+    server = bench.start_server(1)
+    idle_none = idle_transactions(bench)
+    group = Watchers(bench.workdir, "many", server.address, bench.admin_key, watched[0], n, brands=watched,
+                     record=False)  # fmt: skip
+    group.wait_ready(timeout=300)
+    idle_watched = idle_transactions(bench)
+    log(f"idle server: {idle_none['per_second']:.2f} transactions/s with no brand watched "
+        f"({idle_none['pg_stat_database_per_second']:.2f} by pg_stat_database), {idle_watched['per_second']:.2f} "
+        f"with {n} ({idle_watched['pg_stat_database_per_second']:.2f}): {idle_watched['statements']}")  # fmt: skip
+    without_runs: list[dict[str, Any]] = []
+    with_runs: list[dict[str, Any]] = []
+    for r in range(profile.rounds):
+        db.sql("CHECKPOINT")
+        without_runs.append(bench.load(f"many-unwatched-{r}", unwatched[0], brands=unwatched, server=server))
+        db.sql("CHECKPOINT")
+        with_runs.append(bench.load(f"many-watched-{r}", watched[0], brands=watched, server=server))
+    without, with_ = merge_rounds(without_runs), merge_rounds(with_runs)
+    half = without["rps"] / 2
+    db.sql("CHECKPOINT")
+    paced = bench.load("many-watched-half", watched[0], brands=watched, server=server, rate=half, record_replies=True)
+    last_of = db.last_sequences(watched)
+    raw = group.finish_each(last_of)
+    bench.stop_server(server)
+    latency = reply_to_event(paced["_replies"], raw["events"])
+    complete = all(
+        raw["last"][i] == last_of[watched[i]] and raw["counts"][i] == last_of[watched[i]] and raw["gaps"][i] == 0
+        for i in range(n)
+    )
+    log(f"{n} watchers: {with_['rps'] / without['rps']:.2f} x unwatched; at {paced['rps']:.0f}/s reply -> event "
+        f"p50 {percentile(latency, 50) * 1000:.1f} ms, p99 {percentile(latency, 99) * 1000:.1f} ms; "
+        f"every watcher got exactly its brand's claims: {complete}")  # fmt: skip
+    return {
+        "brands": n,
+        "idle_none_watched": idle_none,
+        "idle_all_watched": idle_watched,
+        "without_watchers": without,
+        "with_watchers": with_,
+        "half_load": paced,
+        "reply_to_event_p50_ms": percentile(latency, 50) * 1000,
+        "reply_to_event_p99_ms": percentile(latency, 99) * 1000,
+        "reply_to_event_samples": len(latency),
+        "claims": sum(last_of.values()),
+        "every_watcher_got_exactly_its_brands_claims": complete,
+        "errors": raw["errors"],
+        "client_cpu_s": raw["client_cpu_s"],
+        "messages": raw["messages"],
+    }
+
+
+def single_claim_watchers(bench: Bench) -> dict[str, Any]:
+    """`watchers` streams of one hot brand asking one claim per message (the contract's default,
+    what grpcurl and generated stubs do) under the closed loop, against the same load unwatched,
+    for `single_duration` seconds each; then how long after the load stopped every watcher had
+    every claim, in order, and the server's peak RSS over the phase."""
+    profile, db = bench.profile, bench.db
+    server = bench.start_server(1)
+    duration = profile.single_duration
+    db.brand("single-alone", profile.brand_codes)
+    db.sql("CHECKPOINT")
+    alone = bench.load("single-unwatched", "single-alone", server=server, duration=duration)
+    db.brand("single", profile.brand_codes)
+    db.sql("CHECKPOINT")
+    group = Watchers(bench.workdir, "single", server.address, bench.admin_key, "single", profile.watchers,
+                     per_response=0)  # fmt: skip
+    probe_claim(server.address, bench.service_key, "single", "probe")
+    group.wait_ready()
+    rss_before = rss_bytes(server.pid, children=True)
+    peak = [rss_before]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_bytes(server.pid, children=True))
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        watched = bench.load("single-watched", "single", server=server, duration=duration)
+        load_stopped = time.perf_counter()
+        expected = db.last_sequence("single")
+        raw = group.finish(expected)
+        caught_up = time.perf_counter() - load_stopped
+    finally:
+        stop.set()
+        sampler.join()
+    bench.stop_server(server)
+    events = summarize_watch([(raw, expected)])
+    log(f"{profile.watchers} one-claim watchers: {watched['rps'] / alone['rps']:.2f} x unwatched; every watcher had "
+        f"all {expected} claims {caught_up:.1f} s after the load stopped ({events['messages']:,} messages); "
+        f"RSS {rss_before / 2**20:.0f} -> peak {peak[0] / 2**20:.0f} MB")  # fmt: skip
+    return {
+        "watchers": profile.watchers,
+        "duration": duration,
+        "without_watchers": alone,
+        "with_watchers": watched,
+        "events": events,
+        "caught_up_seconds_after_load": caught_up,
+        "claims": expected,
+        "rss_before_mb": rss_before / 2**20,
+        "rss_peak_mb": peak[0] / 2**20,
+    }

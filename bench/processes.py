@@ -97,7 +97,8 @@ def run_loadgen(config: dict[str, Any]) -> dict[str, Any]:
 
 
 class Watchers:
-    """A watchers.py process with N WatchClaims streams."""
+    """A watchers.py process with N WatchClaims streams of one brand, or one stream per brand of
+    `brands` (ready once their headers came, every event's receipt time recorded)."""
 
     def __init__(
         self,
@@ -110,12 +111,16 @@ class Watchers:
         *,
         record: bool = True,
         per_response: int = WATCH_CLAIMS_PER_RESPONSE,
+        brands: list[str] | None = None,
     ) -> None:
         self.out = workdir / f"watch-{name}.json"
         config = {
             "target": target,
             "api_key": api_key,
             "brand": brand,
+            "brands": brands,
+            "ready_on_headers": brands is not None,
+            "record_events": brands is not None,
             "watchers": n,
             "channels": max(1, n // 10),
             "after_sequence": 0,
@@ -153,6 +158,14 @@ class Watchers:
     def finish(self, until: int, timeout: float = 700) -> dict[str, Any]:
         """Waits until every stream has reached sequence `until`; returns the raw result."""
         self._send(f"until {until}")
+        self.process.wait(timeout=timeout)
+        return dict(json.loads(self.out.read_text()))
+
+    def finish_each(self, last_of: dict[str, int], timeout: float = 700) -> dict[str, Any]:
+        """Waits until every stream has reached its brand's last sequence; returns the raw result."""
+        path = self.out.with_suffix(".until.json")
+        path.write_text(json.dumps(last_of))
+        self._send(f"until-each {path}")
         self.process.wait(timeout=timeout)
         return dict(json.loads(self.out.read_text()))
 

@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         results["generate"] = phases.generation(bench, server)
         bench.stop_server(server)
         results["watch"] = phases.feed(bench, workers)
+        results["cross_brand"] = phases.cross_brand(bench)
+        results["many_watchers"] = phases.many_watchers(bench)
+        results["single_claim_watchers"] = phases.single_claim_watchers(bench)
         results["idle"] = phases.idle(bench)
     finally:
         bench.close()

@@ -116,23 +116,6 @@ def build_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         ">= 0.85",
         ratio >= 0.85,
     )
-    se = w["single_events"]
-    row(
-        f"  reference: {se['watchers']} watchers asking one claim per message: throughput vs none",
-        f"{w['with_watchers_single']['rps']:.0f}/s",
-        f"none {w['without_watchers']['rps']:.0f}/s",
-        w["with_watchers_single"]["rps"] / w["without_watchers"]["rps"],
-        "(reference)",
-        None,
-    )
-    row(
-        "  reference: the same, event latency p50 / p99",
-        f"{se['latency_p50_ms']:.1f} / {se['latency_p99_ms']:.1f} ms",
-        "",
-        None,
-        "(reference)",
-        None,
-    )
     row(
         f"  every watcher received every event ({ev['expected_events_each']:,} each)",
         "yes" if ev["every_watcher_got_every_event"] else f"NO (min {ev['min_events']}, gaps {ev['gaps']})",
@@ -144,6 +127,47 @@ def build_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             and all(paced["events"]["every_watcher_got_every_event"] for paced in w["paced"].values())
         ),
     )
+    x = r["cross_brand"]
+    ratio = x["cross"]["rps"] / x["hot"]["rps"]
+    row(f"claims for a random one of {x['brands']:,} brands vs one hot brand",
+        f"{x['cross']['rps']:.0f}/s", f"hot {x['hot']['rps']:.0f}/s", ratio, ">= 0.9 x hot", ratio >= 0.9)  # fmt: skip
+    row("  p50 / p99 of those claims", f"{x['cross']['p50_ms']:.1f} / {x['cross']['p99_ms']:.1f} ms",
+        f"hot {x['hot']['p50_ms']:.1f} / {x['hot']['p99_ms']:.1f} ms", None, "(reference)", None)  # fmt: skip
+    after = x["idle_after"]
+    row("  idle transactions/s after that load (nothing watched)", f"{after['per_second']:.2f}/s",
+        f"pg_stat_database {after['pg_stat_database_per_second']:.2f}/s", None, "<= 2/s",
+        after["per_second"] <= 2)  # fmt: skip
+    m = r["many_watchers"]
+    none, watched = m["idle_none_watched"], m["idle_all_watched"]
+    row(f"idle transactions/s, {m['brands']:,} brands watched (a watcher each) vs none",
+        f"{watched['per_second']:.2f}/s", f"none {none['per_second']:.2f}/s", None, "<= 2/s",
+        watched["per_second"] <= 2)  # fmt: skip
+    row("  the same by pg_stat_database (idle backends report late)",
+        f"{watched['pg_stat_database_per_second']:.2f}/s", f"none {none['pg_stat_database_per_second']:.2f}/s",
+        None, "(reference)", None)  # fmt: skip
+    ratio = m["with_watchers"]["rps"] / m["without_watchers"]["rps"]
+    row(f"{m['brands']:,} brands, a watcher each: claims/s for random brands vs unwatched",
+        f"{m['with_watchers']['rps']:.0f}/s", f"unwatched {m['without_watchers']['rps']:.0f}/s", ratio,
+        ">= 0.85", ratio >= 0.85)  # fmt: skip
+    row(f"  ClaimCode reply -> event p50 / p99 at half that load ({m['half_load']['rps']:.0f}/s)",
+        f"{m['reply_to_event_p50_ms']:.1f} / {m['reply_to_event_p99_ms']:.1f} ms", "", None, "p99 <= 25 ms",
+        m["reply_to_event_p99_ms"] <= 25)  # fmt: skip
+    row(f"  every watcher got exactly its brand's claims ({m['claims']:,} claims)",
+        "yes" if m["every_watcher_got_exactly_its_brands_claims"] else "NO", "", None, "all",
+        bool(m["every_watcher_got_exactly_its_brands_claims"]))  # fmt: skip
+    s1 = r["single_claim_watchers"]
+    ratio = s1["with_watchers"]["rps"] / s1["without_watchers"]["rps"]
+    row(f"{s1['watchers']} watchers of a hot brand, one claim per message: claims/s vs none",
+        f"{s1['with_watchers']['rps']:.0f}/s", f"unwatched {s1['without_watchers']['rps']:.0f}/s", ratio,
+        ">= 0.6", ratio >= 0.6)  # fmt: skip
+    ev1 = s1["events"]
+    done = ev1["every_watcher_got_every_event"]
+    row(f"  all {s1['claims']:,} claims in order to each, after {s1['duration'] + r['profile']['warmup']:g} s of load "
+        f"stopped", f"{s1['caught_up_seconds_after_load']:.1f} s"
+        if done else f"NO (min {ev1['min_events']})", "", None, "<= 60 s",
+        bool(done and s1["caught_up_seconds_after_load"] <= 60))  # fmt: skip
+    row("  server RSS over that phase", f"{s1['rss_peak_mb']:.0f} MB", f"{s1['rss_before_mb']:.0f} MB before", None,
+        "<= 300 MB", s1["rss_peak_mb"] <= 300)  # fmt: skip
     i = r["idle"]
     row(
         f"{i['streams']:,} idle WatchClaims streams on one process: RSS",
@@ -174,17 +198,24 @@ def sanity(r: dict[str, Any]) -> list[str]:
     phases = [r["echo"], *r["workers_compare"], r["decay"]["fresh"], r["decay"]["after"]]
     phases += [r["watch"]["without_watchers"], r["watch"]["with_watchers"]]
     phases += [paced["load"] for paced in r["watch"]["paced"].values()]
-    phases += [r["watch"]["with_few_watchers"], r["watch"]["with_watchers_single"]]
+    phases += [r["watch"]["with_few_watchers"]]
+    phases += [r["cross_brand"]["hot"], r["cross_brand"]["cross"]]
+    m = r["many_watchers"]
+    phases += [m["without_watchers"], m["with_watchers"], m["half_load"]]
+    phases += [r["single_claim_watchers"]["without_watchers"], r["single_claim_watchers"]["with_watchers"]]
     for p in phases:
         if p["errors"] or p["repeats"]:
             problems.append(f"{p['name']}: errors {p['errors']}, repeated users {p['repeats']}")
         if p["calls"] == 0:
             problems.append(f"{p['name']}: no calls completed")
-    watched = [(name, r["watch"][name]) for name in ("with_watchers_events", "few_watchers_events", "single_events")]
+    watched = [(name, r["watch"][name]) for name in ("with_watchers_events", "few_watchers_events")]
+    watched += [("one claim per message", r["single_claim_watchers"]["events"])]
     watched += [(f"paced {rate}", paced["events"]) for rate, paced in r["watch"]["paced"].items()]
     for name, ev in watched:
         if not ev["every_watcher_got_every_event"]:
             problems.append(f"{name}: not every watcher got every event: {ev['min_events']}..{ev['max_events']}")
+    if not m["every_watcher_got_exactly_its_brands_claims"] or m["errors"]:
+        problems.append(f"{m['brands']} watchers across brands: not exactly their brands' claims ({m['errors']})")
     if r["idle"]["listen_connections"] != 1:
         problems.append(f"idle: {r['idle']['listen_connections']} LISTEN connections")
     if r["idle"]["streams_with_probe_event"] != r["idle"]["streams"]:
