@@ -38,9 +38,10 @@ log = logging.getLogger(__name__)
 TAIL_SIZE = 8192
 # At most one NOTIFY round per this interval from a process, one transaction for every brand with
 # new claims: one per claim transaction would add a database call per transaction, a measurable
-# share of the server's CPU (docs/performance.md). Only other processes' watchers wait for it (local
-# ones get this process's claims handed over in memory), by at most this much.
-NOTIFY_INTERVAL_SECONDS = 0.005
+# share of the server's CPU and of the database's transactions (docs/performance.md). Only other
+# processes' watchers wait for it (local ones get this process's claims handed over in memory), by
+# at most this much, and only under sustained load: a claim after a quiet spell is sent at once.
+NOTIFY_INTERVAL_SECONDS = 0.02
 # A notification's payload is at most 8,000 bytes; brands beyond that go in further payloads.
 NOTIFY_PAYLOAD_BYTES = 7000
 PAGE_SIZE = 1000
@@ -63,6 +64,7 @@ CLAIM_RATE_WINDOW_SECONDS = 0.25
 # microseconds inside gRPC, docs/performance.md); watchers that want more fall behind and catch up
 # from the tail or the database once the claims stop. Unlimited otherwise.
 FANOUT_BUDGET_MESSAGES_PER_SECOND = 2000
+FANOUT_BUDGET_BURST_SECONDS = 0.05  # unused budget kept for a burst (one transaction's claims of many brands)
 FANOUT_BUDGET_CLAIMS_SECONDS = 0.25
 FANOUT_BUDGET_GRANT = 16  # messages per grant: a watcher that wants more queues again behind the others
 
@@ -72,12 +74,13 @@ class FanoutBudget:
     refilled at `rate`, whose waiters are served in turn (no thundering herd), and which lets
     everything through as soon as no claim was made for `claims_seconds`."""
 
-    def __init__(self, rate: float, claims_seconds: float, grant: int) -> None:
+    def __init__(self, rate: float, burst: float, claims_seconds: float, grant: int) -> None:
         self._rate = rate
+        self._capacity = max(float(grant), rate * burst)
         self._claims_seconds = claims_seconds
         self._grant = grant
         self._loop = asyncio.get_running_loop()
-        self._tokens = float(grant)
+        self._tokens = self._capacity
         self._refilled = self._loop.time()
         self._claims_until = 0.0
         self._waiters: deque[tuple[int, asyncio.Future[int]]] = deque()
@@ -106,7 +109,7 @@ class FanoutBudget:
         now = self._loop.time()
         if now >= self._claims_until:
             return messages
-        self._tokens = min(float(self._grant), self._tokens + (now - self._refilled) * self._rate)
+        self._tokens = min(self._capacity, self._tokens + (now - self._refilled) * self._rate)
         self._refilled = now
         granted = min(messages, self._grant, int(self._tokens))
         self._tokens -= granted
@@ -268,7 +271,10 @@ class ClaimFeed:
     def budget(self) -> FanoutBudget:
         if self._budget is None:
             self._budget = FanoutBudget(
-                FANOUT_BUDGET_MESSAGES_PER_SECOND, FANOUT_BUDGET_CLAIMS_SECONDS, FANOUT_BUDGET_GRANT
+                FANOUT_BUDGET_MESSAGES_PER_SECOND,
+                FANOUT_BUDGET_BURST_SECONDS,
+                FANOUT_BUDGET_CLAIMS_SECONDS,
+                FANOUT_BUDGET_GRANT,
             )
         return self._budget
 
