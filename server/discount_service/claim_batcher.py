@@ -6,7 +6,7 @@ claims of one brand cannot share a WAL flush through PostgreSQL's own group comm
 alone in its transaction pays a round trip, a pool checkout, a commit and a flush of its own,
 whatever its brand. So claims that arrive while a claim transaction runs wait, and then go
 together, whatever their brands, in one call of `discount_claim_many` (sql/schema.sql): one round
-trip and one flush for all of them (docs/design.md, "Group commit across brands").
+trip and one flush for all of them (docs/design.md#group-commit).
 
 - A claim that finds no transaction running goes at once, alone: no added latency.
 - One transaction at a time, each with up to `MAX_BATCH` claims: on two shared cores every further

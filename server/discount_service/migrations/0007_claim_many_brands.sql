@@ -1,11 +1,10 @@
 -- Claims of several brands in one transaction: one round trip and one commit (one WAL flush) for
--- all of them, whatever their brands (docs/design.md, "Group commit across brands").
+-- all of them, whatever their brands (docs/design.md#group-commit).
 --
--- Why: a claim of a brand that has nothing else in flight used to be a transaction of its own, so
--- claims spread over many brands paid one round trip, one commit and one flush each, and ran at
--- about half the rate of one hot brand, whose claims already shared a transaction (0004). The
--- server now gathers claims in a few lanes (a brand always in the same one, one transaction per
--- lane at a time, claim_batcher.py) and sends each lane's claims here together.
+-- Why: a claim alone in its transaction pays a round trip, a commit and a flush of its own, so
+-- claims spread over many brands, each rarely with another claim of its brand in flight, cannot
+-- share them through 0004's single-brand batch. The server gathers waiting claims of any brands
+-- (claim_batcher.py) and sends them here together.
 --
 -- Each item gets exactly what discount_claim_batch (0004) would have given it alone:
 --   1. brands are resolved once, each by an equality on the unique brand_id; an item of an
