@@ -14,8 +14,9 @@
   that poll, so an event can be late but never lost.
 - Fan-outs are paced by the number of watchers and the brand's claim rate (FANOUT_*); caught-up
   watchers all get the same run of claims, so it is encoded once. While this process serves
-  claims, all its watchers together get at most a budget of messages per second
-  (FANOUT_BUDGET_*): shoppers first; watchers that fall behind catch up when the claims stop.
+  claims, the messages a run splits into beyond its first (a watcher asking for one claim per
+  message) come out of a budget of messages per second for all watchers (FANOUT_BUDGET_*):
+  shoppers first; watchers that fall behind catch up when the claims stop.
 - Sequences are gapless and commit in order (docs/design.md#trap-outbox-order), so
   `sequence > cursor` is a safe resume point.
 """
@@ -60,9 +61,11 @@ FANOUT_MIN_INTERVAL_SECONDS = 0.001
 FANOUT_MAX_INTERVAL_SECONDS = 0.1
 CLAIM_RATE_WINDOW_SECONDS = 0.25
 # While this process made a claim in the last FANOUT_BUDGET_CLAIMS_SECONDS, all its watch streams
-# together send at most this many messages per second (a message costs the server tens of
-# microseconds inside gRPC, docs/performance.md); watchers that want more fall behind and catch up
-# from the tail or the database once the claims stop. Unlimited otherwise.
+# together send at most this many messages per second beyond the first message of each run (which
+# the fan-out pacing above already bounds): a watcher that asks for one claim per message would
+# otherwise cost a message per claim, and a message costs the server tens of microseconds inside
+# gRPC (docs/performance.md). Watchers that want more fall behind and catch up from the tail or the
+# database once the claims stop. Unlimited otherwise.
 FANOUT_BUDGET_MESSAGES_PER_SECOND = 2000
 FANOUT_BUDGET_BURST_SECONDS = 0.05  # unused budget kept for a burst (one transaction's claims of many brands)
 FANOUT_BUDGET_CLAIMS_SECONDS = 0.25
@@ -443,10 +446,14 @@ class ClaimFeed:
                 if not batch:
                     await channel.wait_for_news()
                     continue
-                messages = -(-len(batch) // per_message)
-                allowed = await self.budget.take(messages)
-                if allowed < messages:
-                    batch = batch[: allowed * per_message]
+                # The first message of a run is paced by the channel's fan-outs; the budget is for
+                # the rest, which a run splits into for a watcher that asked for fewer claims per
+                # message than the run holds.
+                more = -(-len(batch) // per_message) - 1
+                if more > 0:
+                    allowed = await self.budget.take(more)
+                    if allowed < more:
+                        batch = batch[: (allowed + 1) * per_message]
                 yield batch
                 cursor = batch[-1].sequence
         finally:
