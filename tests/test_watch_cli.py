@@ -72,6 +72,25 @@ def claim(env: dict[str, str], user: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
+def acme_with_codes(database_url: str) -> tuple[str, int, str, dict[str, str]]:
+    """Brand acme with 10 codes, an admin key, a free port: (key, port, address, the CLI's env)."""
+    create_brand(database_url, "acme")
+    generate_codes_sql(database_url, "acme", 10)
+    key = create_key(database_url, "admin")
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    return key, port, address, client_env(address, key)
+
+
+def start_watch(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Lines, Lines]:
+    """`discount watch acme` as a process, with its stdout and stderr read line by line."""
+    watch = subprocess.Popen(
+        [str(BIN / "discount"), "watch", "acme"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert watch.stdout is not None and watch.stderr is not None
+    return watch, Lines(watch.stdout), Lines(watch.stderr)
+
+
 def serve(database_url: str, port: int, log_path: Path, admin_key: str) -> ServerHandle:
     return start_server_process(
         database_url, port, log_path=log_path, admin_key=admin_key, extra_env={"DISCOUNT_POOL_MIN_SIZE": "1"}
@@ -81,18 +100,9 @@ def serve(database_url: str, port: int, log_path: Path, admin_key: str) -> Serve
 def test_watch_says_the_server_closed_the_stream_and_cannot_be_reached_until_it_is_back(
     database_url: str, tmp_path: Path
 ) -> None:
-    create_brand(database_url, "acme")
-    generate_codes_sql(database_url, "acme", 10)
-    key = create_key(database_url, "admin")
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    env = client_env(address, key)
+    key, port, address, env = acme_with_codes(database_url)
     server = serve(database_url, port, tmp_path / "server-1.log", key)
-    watch = subprocess.Popen(
-        [str(BIN / "discount"), "watch", "acme"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    assert watch.stdout is not None and watch.stderr is not None
-    out, err = Lines(watch.stdout), Lines(watch.stderr)
+    watch, out, err = start_watch(env)
     try:
         claim(env, "u1")
         claim(env, "u2")
@@ -136,18 +146,9 @@ def test_watch_says_the_server_closed_the_stream_and_cannot_be_reached_until_it_
 
 
 def test_watch_says_it_lost_the_connection_when_the_server_dies(database_url: str, tmp_path: Path) -> None:
-    create_brand(database_url, "acme")
-    generate_codes_sql(database_url, "acme", 10)
-    key = create_key(database_url, "admin")
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    env = client_env(address, key)
+    key, port, address, env = acme_with_codes(database_url)
     server = serve(database_url, port, tmp_path / "server.log", key)
-    watch = subprocess.Popen(
-        [str(BIN / "discount"), "watch", "acme"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    assert watch.stdout is not None and watch.stderr is not None
-    out, err = Lines(watch.stdout), Lines(watch.stderr)
+    watch, out, err = start_watch(env)
     try:
         claim(env, "u1")
         out.until(r"^1\t")
