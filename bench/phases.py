@@ -13,6 +13,7 @@ import re
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -386,23 +387,34 @@ def raw_copy(db: Db, count: int) -> dict[str, Any]:
     return {"seconds": seconds, "rows": rows}
 
 
+@contextlib.contextmanager
+def peak_rss(pid: int, *, interval: float) -> Iterator[list[int]]:
+    """Samples the RSS of `pid` and its children every `interval` seconds while the block runs;
+    yields a one-item list that holds the peak seen (read it after the block)."""
+    peak = [rss_bytes(pid, children=True)]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_bytes(pid, children=True))
+            time.sleep(interval)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        sampler.join()
+
+
 def generate_codes(bench: Bench, server: Server, brand: str, count: int) -> dict[str, Any]:
     """One GenerateCodes call of `count` codes: its time and the server's peak RSS growth."""
     bench.db.sql("CHECKPOINT")
     time.sleep(0.5)
     rss_before = rss_bytes(server.pid, children=True)
-    peak = [rss_before]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], rss_bytes(server.pid, children=True))
-            time.sleep(0.02)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
     started = time.perf_counter()
-    try:
+    with peak_rss(server.pid, interval=0.02) as peak:
         with grpc.insecure_channel(server.address) as ch:
             reply = pb_grpc.DiscountServiceStub(ch).GenerateCodes(
                 pb.GenerateCodesRequest(brand_id=brand, count=count),
@@ -410,9 +422,6 @@ def generate_codes(bench: Bench, server: Server, brand: str, count: int) -> dict
                 timeout=600,
             )
         seconds = time.perf_counter() - started
-    finally:
-        stop.set()
-        sampler.join()
     rss_after = rss_bytes(server.pid, children=True)
     log(f"GenerateCodes {count}: {seconds:.2f}s, RSS +{(peak[0] - rss_before) / 2**20:.0f} MB")
     return {
@@ -670,25 +679,12 @@ def single_claim_watchers(bench: Bench) -> dict[str, Any]:
     probe_claim(server.address, bench.service_key, "single", "probe")
     group.wait_ready()
     rss_before = rss_bytes(server.pid, children=True)
-    peak = [rss_before]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], rss_bytes(server.pid, children=True))
-            time.sleep(0.1)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
+    with peak_rss(server.pid, interval=0.1) as peak:
         watched = bench.load("single-watched", "single", server=server, duration=duration)
         load_stopped = time.perf_counter()
         expected = db.last_sequence("single")
         raw = group.finish(expected)
         caught_up = time.perf_counter() - load_stopped
-    finally:
-        stop.set()
-        sampler.join()
     bench.stop_server(server)
     events = summarize_watch([(raw, expected)])
     log(f"{profile.watchers} one-claim watchers: {watched['rps'] / alone['rps']:.2f} x unwatched; every watcher had "
