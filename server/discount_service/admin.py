@@ -79,6 +79,10 @@ class PageTokens:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         except (binascii.Error, ValueError):
             raise not_issued from None
+        # Base64 ignores the unused low bits of the last character, so several strings decode to the
+        # same bytes; only the one this service would issue is accepted.
+        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != token:
+            raise not_issued
         body, mac = raw[:-_TOKEN_MAC_BYTES], raw[-_TOKEN_MAC_BYTES:]
         if len(raw) <= _TOKEN_MAC_BYTES or not hmac.compare_digest(mac, self._mac(body)):
             raise not_issued
