@@ -18,7 +18,7 @@ import grpc
 from bench.common import BIN, PY, ROOT
 from discount.v1 import discount_service_pb2 as pb
 from discount.v1 import discount_service_pb2_grpc as pb_grpc
-from discount_dev.processes import NotServingError, free_port, wait_until_serving
+from discount_dev.processes import NotServingError, cpu_seconds, free_port, wait_until_serving
 
 # What discount_client asks for: runs of up to this many claims per WatchClaims message.
 WATCH_CLAIMS_PER_RESPONSE = 256
@@ -149,6 +149,17 @@ class Watchers:
         if not result:
             raise TimeoutError("watchers did not answer")
         return result[0]
+
+    def set_priority(self, niceness: int) -> None:
+        """Sets the CPU priority of every thread of the watcher process (gRPC's threads too; threads
+        it starts later inherit it). 19 is the lowest: the process then runs on what the server,
+        PostgreSQL and the load generator leave, as clients on other machines would."""
+        for tid in os.listdir(f"/proc/{self.process.pid}/task"):
+            with contextlib.suppress(ProcessLookupError):
+                os.setpriority(os.PRIO_PROCESS, int(tid), niceness)
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.process.pid, children=True)
 
     def _send(self, line: str) -> None:
         assert self.process.stdin is not None

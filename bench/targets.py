@@ -149,6 +149,17 @@ def build_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     row(f"{m['brands']:,} brands, a watcher each: claims/s for random brands vs unwatched",
         f"{m['with_watchers']['rps']:.0f}/s", f"unwatched {m['without_watchers']['rps']:.0f}/s", ratio,
         ">= 0.85", ratio >= 0.85)  # fmt: skip
+    low, low_without = m["with_watchers_low_priority"], m["without_watchers_low_priority"]
+    row("  the same, the watcher process at the lowest CPU priority (as if on another machine)",
+        f"{low['rps']:.0f}/s", f"unwatched {low_without['rps']:.0f}/s", low["rps"] / low_without["rps"], "(reference)",
+        None)  # fmt: skip
+    with_, without = m["with_watchers"], m["without_watchers"]
+    server_ms = (with_["server_cpu_s"] / with_["claims"] - without["server_cpu_s"] / without["claims"]) * 1000
+    client_ms = with_["watchers_cpu_s"] / with_["claims"] * 1000
+    row("  CPU per watched claim (one message): server's extra / the watcher process's",
+        f"{server_ms:.2f} / {client_ms:.2f} ms",
+        f"server {without['server_cpu_s'] / without['claims'] * 1000:.2f} ms per unwatched claim", None, "(reference)",
+        None)  # fmt: skip
     row(f"  ClaimCode reply -> event p50 / p99 at half that load ({m['half_load']['rps']:.0f}/s)",
         f"{m['reply_to_event_p50_ms']:.1f} / {m['reply_to_event_p99_ms']:.1f} ms", "", None, "p99 <= 25 ms",
         m["reply_to_event_p99_ms"] <= 25)  # fmt: skip
@@ -202,6 +213,7 @@ def sanity(r: dict[str, Any]) -> list[str]:
     phases += [r["cross_brand"]["hot"], r["cross_brand"]["cross"]]
     m = r["many_watchers"]
     phases += [m["without_watchers"], m["with_watchers"], m["half_load"]]
+    phases += [m["without_watchers_low_priority"], m["with_watchers_low_priority"]]
     phases += [r["single_claim_watchers"]["without_watchers"], r["single_claim_watchers"]["with_watchers"]]
     for p in phases:
         if p["errors"] or p["repeats"]:
