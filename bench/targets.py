@@ -150,9 +150,9 @@ def build_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         f"{m['with_watchers']['rps']:.0f}/s", f"unwatched {m['without_watchers']['rps']:.0f}/s", ratio,
         ">= 0.85", ratio >= 0.85)  # fmt: skip
     low, low_without = m["with_watchers_low_priority"], m["without_watchers_low_priority"]
-    row("  the same, the watcher process at the lowest CPU priority (as if on another machine)",
-        f"{low['rps']:.0f}/s", f"unwatched {low_without['rps']:.0f}/s", low["rps"] / low_without["rps"], "(reference)",
-        None)  # fmt: skip
+    ratio = low["rps"] / low_without["rps"]
+    row("  the same, the watcher process at the lowest CPU priority (the server's own cost)",
+        f"{low['rps']:.0f}/s", f"unwatched {low_without['rps']:.0f}/s", ratio, ">= 0.85", ratio >= 0.85)  # fmt: skip
     with_, without = m["with_watchers"], m["without_watchers"]
     server_ms = (with_["server_cpu_s"] / with_["claims"] - without["server_cpu_s"] / without["claims"]) * 1000
     client_ms = with_["watchers_cpu_s"] / with_["claims"] * 1000
