@@ -33,7 +33,7 @@ class TransactionCountingProxy:
     """Forwards TCP connections to PostgreSQL and counts the transactions their clients end."""
 
     def __init__(self, host: str, port: int) -> None:
-        self._target = (host, port)
+        self._target = (host, port)  # a host starting with "/" is the directory of a Unix socket, as in libpq
         self.transactions = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -50,7 +50,11 @@ class TransactionCountingProxy:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        server_reader, server_writer = await asyncio.open_connection(*self._target)
+        host, port = self._target
+        if host.startswith("/"):  # the embedded PostgreSQL listens on a Unix socket only
+            server_reader, server_writer = await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
+        else:
+            server_reader, server_writer = await asyncio.open_connection(host, port)
         for task in (
             asyncio.ensure_future(self._pipe(client_reader, server_writer)),
             asyncio.ensure_future(self._replies(server_reader, client_writer)),
