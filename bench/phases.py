@@ -705,13 +705,17 @@ def single_claim_watchers(bench: Bench) -> dict[str, Any]:
     with peak_rss(server.pid, interval=0.1) as peak:
         watched = bench.load("single-watched", "single", server=server, duration=duration)
         load_stopped = time.perf_counter()
+        server_cpu, watchers_cpu = cpu_seconds(server.pid, children=True), group.cpu_seconds()
         expected = db.last_sequence("single")
         raw = group.finish(expected)
         caught_up = time.perf_counter() - load_stopped
+        server_cpu = cpu_seconds(server.pid, children=True) - server_cpu
+        watchers_cpu = raw["client_cpu_s"] - watchers_cpu  # its own count at exit
     bench.stop_server(server)
     events = summarize_watch([(raw, expected)])
     log(f"{profile.watchers} one-claim watchers: {watched['rps'] / alone['rps']:.2f} x unwatched; every watcher had "
-        f"all {expected} claims {caught_up:.1f} s after the load stopped ({events['messages']:,} messages); "
+        f"all {expected} claims {caught_up:.1f} s after the load stopped ({events['messages']:,} messages; CPU "
+        f"meanwhile: server {server_cpu:.1f} s, watcher process {watchers_cpu:.1f} s); "
         f"RSS {rss_before / 2**20:.0f} -> peak {peak[0] / 2**20:.0f} MB")  # fmt: skip
     return {
         "watchers": profile.watchers,
@@ -720,6 +724,8 @@ def single_claim_watchers(bench: Bench) -> dict[str, Any]:
         "with_watchers": watched,
         "events": events,
         "caught_up_seconds_after_load": caught_up,
+        "catch_up_server_cpu_s": server_cpu,
+        "catch_up_watchers_cpu_s": watchers_cpu,
         "claims": expected,
         "rss_before_mb": rss_before / 2**20,
         "rss_peak_mb": peak[0] / 2**20,

@@ -177,6 +177,9 @@ def build_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         f"stopped", f"{s1['caught_up_seconds_after_load']:.1f} s"
         if done else f"NO (min {ev1['min_events']})", "", None, "<= 60 s",
         bool(done and s1["caught_up_seconds_after_load"] <= 60))  # fmt: skip
+    row("  CPU while they caught up: server / the watcher process",
+        f"{s1['catch_up_server_cpu_s']:.1f} / {s1['catch_up_watchers_cpu_s']:.1f} s",
+        f"over {s1['caught_up_seconds_after_load']:.1f} s", None, "(reference)", None)  # fmt: skip
     row("  server RSS over that phase", f"{s1['rss_peak_mb']:.0f} MB", f"{s1['rss_before_mb']:.0f} MB before", None,
         "<= 300 MB", s1["rss_peak_mb"] <= 300)  # fmt: skip
     i = r["idle"]

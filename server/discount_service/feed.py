@@ -14,9 +14,9 @@
   that poll, so an event can be late but never lost.
 - Fan-outs are paced by the number of watchers and the brand's claim rate (FANOUT_*); caught-up
   watchers all get the same run of claims, so it is encoded once. While this process serves
-  claims, the messages a run splits into beyond its first (a watcher asking for one claim per
-  message) come out of a budget of messages per second for all watchers (FANOUT_BUDGET_*):
-  shoppers first; watchers that fall behind catch up when the claims stop.
+  claims, a run that splits into several messages (a watcher asking for one claim per message)
+  comes out of a budget that grows with each claim committed, shared by all watchers
+  (FANOUT_BUDGET_*): shoppers first; watchers that fall behind catch up when the claims stop.
 - Sequences are gapless and commit in order (docs/design.md#trap-outbox-order), so
   `sequence > cursor` is a safe resume point.
 """
@@ -60,37 +60,43 @@ FANOUT_CLAIM_RATE_UNIT = 200  # every this many claims/s of the brand add one mo
 FANOUT_MIN_INTERVAL_SECONDS = 0.001
 FANOUT_MAX_INTERVAL_SECONDS = 0.1
 CLAIM_RATE_WINDOW_SECONDS = 0.25
-# While this process made a claim in the last FANOUT_BUDGET_CLAIMS_SECONDS, all its watch streams
-# together send at most this many messages per second beyond the first message of each run (which
-# the fan-out pacing above already bounds): a watcher that asks for one claim per message would
-# otherwise cost a message per claim, and a message costs the server tens of microseconds inside
-# gRPC (docs/performance.md). Watchers that want more fall behind and catch up from the tail or the
-# database once the claims stop. Unlimited otherwise.
-FANOUT_BUDGET_MESSAGES_PER_SECOND = 2000
-FANOUT_BUDGET_BURST_SECONDS = 0.05  # unused budget kept for a burst (one transaction's claims of many brands)
+# While this process made a claim in the last FANOUT_BUDGET_CLAIMS_SECONDS, a run that a watch
+# stream splits into several messages (a watcher that asks for fewer claims per message than the run
+# holds, such as one per message) is sent out of a budget that each claim this process commits adds
+# FANOUT_BUDGET_MESSAGES_PER_CLAIM messages to, shared by all its watch streams. A message costs the
+# server tens to hundreds of microseconds inside gRPC and the kernel, and a Python client as much
+# again (docs/performance.md); tying the budget to claims rather than to a fixed rate keeps the
+# watchers' share of the CPU the same on a slow machine as on a fast one: shoppers first. Watchers
+# that want more fall behind and catch up from the tail or the database once the claims stop.
+# Unlimited otherwise, and a run of one message is never held back (the fan-out pacing above bounds those).
+FANOUT_BUDGET_MESSAGES_PER_CLAIM = 2.0
+FANOUT_BUDGET_BURST_CLAIMS = 128  # unused budget kept for a burst, in claims' worth of messages
 FANOUT_BUDGET_CLAIMS_SECONDS = 0.25
 FANOUT_BUDGET_GRANT = 16  # messages per grant: a watcher that wants more queues again behind the others
 
 
 class FanoutBudget:
-    """Messages the watch streams of this process may send while it serves claims: a token bucket
-    refilled at `rate`, whose waiters are served in turn (no thundering herd), and which lets
-    everything through as soon as no claim was made for `claims_seconds`."""
+    """Messages the watch streams of this process may send while it serves claims: a bucket that
+    each committed claim adds `per_claim` messages to, whose waiters are served in turn (no
+    thundering herd), and which lets everything through as soon as no claim was made for
+    `claims_seconds`."""
 
-    def __init__(self, rate: float, burst: float, claims_seconds: float, grant: int) -> None:
-        self._rate = rate
-        self._capacity = max(float(grant), rate * burst)
+    def __init__(self, per_claim: float, burst_claims: int, claims_seconds: float, grant: int) -> None:
+        self._per_claim = per_claim
+        self._capacity = max(float(grant), per_claim * burst_claims)
         self._claims_seconds = claims_seconds
         self._grant = grant
         self._loop = asyncio.get_running_loop()
         self._tokens = self._capacity
-        self._refilled = self._loop.time()
         self._claims_until = 0.0
         self._waiters: deque[tuple[int, asyncio.Future[int]]] = deque()
         self._timer: asyncio.Handle | None = None
 
-    def claims_made(self) -> None:
+    def claims_made(self, count: int) -> None:
         self._claims_until = self._loop.time() + self._claims_seconds
+        self._tokens = min(self._capacity, self._tokens + count * self._per_claim)
+        if self._waiters:
+            self._schedule()
 
     async def take(self, messages: int) -> int:
         """Waits until the stream may send; returns how many of `messages` it may send now (>= 1)."""
@@ -109,24 +115,22 @@ class FanoutBudget:
             raise
 
     def _try(self, messages: int) -> int:
-        now = self._loop.time()
-        if now >= self._claims_until:
+        if self._loop.time() >= self._claims_until:
             return messages
-        self._tokens = min(self._capacity, self._tokens + (now - self._refilled) * self._rate)
-        self._refilled = now
         granted = min(messages, self._grant, int(self._tokens))
         self._tokens -= granted
         return granted
 
     def _schedule(self) -> None:
+        """Serves the waiters now, or, with too few tokens, when the claims stop (new claims add
+        tokens and call this again)."""
         if self._timer is not None or not self._waiters:
             return
         now = self._loop.time()
-        if now >= self._claims_until:
+        if now >= self._claims_until or min(self._waiters[0][0], self._grant) <= self._tokens:
             self._timer = self._loop.call_soon(self._release)
         else:
-            wait = max(0.0, (min(self._waiters[0][0], self._grant) - self._tokens) / self._rate)
-            self._timer = self._loop.call_at(min(now + wait, self._claims_until), self._release)
+            self._timer = self._loop.call_at(self._claims_until, self._release)
 
     def _release(self) -> None:
         self._timer = None
@@ -274,8 +278,8 @@ class ClaimFeed:
     def budget(self) -> FanoutBudget:
         if self._budget is None:
             self._budget = FanoutBudget(
-                FANOUT_BUDGET_MESSAGES_PER_SECOND,
-                FANOUT_BUDGET_BURST_SECONDS,
+                FANOUT_BUDGET_MESSAGES_PER_CLAIM,
+                FANOUT_BUDGET_BURST_CLAIMS,
                 FANOUT_BUDGET_CLAIMS_SECONDS,
                 FANOUT_BUDGET_GRANT,
             )
@@ -301,7 +305,7 @@ class ClaimFeed:
 
     def claims_committed(self, brand_id: str, claims: list[Claim]) -> None:
         """Called after claims commit: hands them to local watchers and tells other replicas."""
-        self.budget.claims_made()
+        self.budget.claims_made(len(claims))
         channel = self._channels.get(brand_id)
         if channel is not None:
             channel.committed(claims)
@@ -446,14 +450,14 @@ class ClaimFeed:
                 if not batch:
                     await channel.wait_for_news()
                     continue
-                # The first message of a run is paced by the channel's fan-outs; the budget is for
-                # the rest, which a run splits into for a watcher that asked for fewer claims per
-                # message than the run holds.
-                more = -(-len(batch) // per_message) - 1
-                if more > 0:
-                    allowed = await self.budget.take(more)
-                    if allowed < more:
-                        batch = batch[: (allowed + 1) * per_message]
+                # A run that fits one message is paced by the channel's fan-outs alone; a run that
+                # splits into several (a watcher that asked for fewer claims per message than the
+                # run holds) is sent out of the budget, all of its messages.
+                messages = -(-len(batch) // per_message)
+                if messages > 1:
+                    allowed = await self.budget.take(messages)
+                    if allowed < messages:
+                        batch = batch[: allowed * per_message]
                 yield batch
                 cursor = batch[-1].sequence
         finally:
