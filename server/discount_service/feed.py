@@ -69,7 +69,7 @@ CLAIM_RATE_WINDOW_SECONDS = 0.25
 # watchers' share of the CPU the same on a slow machine as on a fast one: shoppers first. Watchers
 # that want more fall behind and catch up from the tail or the database once the claims stop.
 # Unlimited otherwise, and a run of one message is never held back (the fan-out pacing above bounds those).
-FANOUT_BUDGET_MESSAGES_PER_CLAIM = 2.0
+FANOUT_BUDGET_MESSAGES_PER_CLAIM = 4.0
 FANOUT_BUDGET_BURST_CLAIMS = 128  # unused budget kept for a burst, in claims' worth of messages
 FANOUT_BUDGET_CLAIMS_SECONDS = 0.25
 FANOUT_BUDGET_GRANT = 16  # messages per grant: a watcher that wants more queues again behind the others
