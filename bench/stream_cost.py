@@ -3,9 +3,9 @@
     .venv/bin/python -m bench.stream_cost [--streams 1000] [--connections 100] [--rate 600]
 
 A bare grpc.aio server (uvloop, as `discount serve` runs) holds N open streams from a grpc.aio
-client process (the same client as bench/watchers.py), over C connections, and sends each message
-to a random stream: the shape of the many-brands watchers, one claim per brand now and then. Two
-runs at the same message rate:
+client process (its channels set up as bench/watchers.py sets them up), over C connections, and
+sends each message to a random stream: the shape of the many-brands watchers, one claim per brand
+now and then. Two runs at the same message rate:
 
 - isolated: one message per event-loop turn, as claims for different brands arrive one by one;
 - grouped (the baseline): `--group` messages back to back per turn.
@@ -111,16 +111,18 @@ def ask(process: subprocess.Popen[str], line: str) -> str:
     return process.stdout.readline().strip()
 
 
+def spawn(*args: str) -> subprocess.Popen[str]:
+    """This module as a child process that talks in lines on stdin and stdout."""
+    command = [PY, "-m", "bench.stream_cost", "--child", *args]
+    return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+
+
 def measure(args: argparse.Namespace) -> None:
-    child = [PY, "-m", "bench.stream_cost"]
-    text = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True, "cwd": ROOT}
-    server = subprocess.Popen([*child, "--child", "server"], **text)  # type: ignore[call-overload]
+    server = spawn("server")
     assert server.stdout is not None
     port = int(server.stdout.readline())
-    client = subprocess.Popen(  # type: ignore[call-overload]
-        [*child, "--child", "client", "--port", str(port), "--streams", str(args.streams),
-         "--connections", str(args.connections)], **text,
-    )  # fmt: skip
+    sizes = ("--streams", str(args.streams), "--connections", str(args.connections))
+    client = spawn("client", "--port", str(port), *sizes)
     try:
         assert client.stdout is not None
         if client.stdout.readline().strip() != "ready":
