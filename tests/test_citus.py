@@ -196,13 +196,13 @@ async def test_errors_read_the_same_on_both_engines(database_url: str) -> None:
     await store.open()
     try:
         await store.create_brand("dup", "Dup")
-        with pytest.raises(errors.AlreadyExists, match="^the brand already exists$"):
+        with pytest.raises(errors.AlreadyExists, match="^brand 'dup' already exists$"):
             await store.create_brand("dup", "Dup again")
-        await store.create_api_key("key-1", b"digest-1", Role.ADMIN, None)
+        await store.insert_api_key("key-1", b"digest-1", Role.ADMIN, None)
         with pytest.raises(errors.FailedPrecondition, match="^conflict on api_keys_pkey; retry the call$"):
-            await store.create_api_key("key-1", b"digest-2", Role.ADMIN, None)
+            await store.insert_api_key("key-1", b"digest-2", Role.ADMIN, None)
         with pytest.raises(errors.FailedPrecondition, match="^conflict on api_keys_key_hash_key; retry the call$"):
-            await store.create_api_key("key-2", b"digest-1", Role.ADMIN, None)
+            await store.insert_api_key("key-2", b"digest-1", Role.ADMIN, None)
     finally:
         await store.close()
 

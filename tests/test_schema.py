@@ -189,7 +189,8 @@ def test_pick_free_code_is_the_pick_inside_the_claim_function(database_url: str)
 
 
 def test_every_named_query_says_what_it_is_for() -> None:
-    text = PACKAGE.joinpath("sql/queries.sql").read_text()
+    parts = [f for f in PACKAGE.joinpath("sql").iterdir() if f.name.endswith(".sql") and f.name != "schema.sql"]
+    text = "\n".join(f.read_text() for f in parts)
     blocks = re.findall(r"^-- name: (\S+)\n(.*)$", text, flags=re.MULTILINE)
     assert len(blocks) == len(QUERIES) >= 20
     undescribed = [name for name, first in blocks if not re.match(r"-- \w", first)]

@@ -11,9 +11,11 @@ from typing import Any
 
 from .. import validation
 from ..auth import new_api_key
-from ..models import Role
+from ..models import ApiKeyInfo, Brand, Role
 from ..settings import Settings
 from .common import CommandError, with_store
+
+_PAGE = 1000  # rows per statement when listing every brand or key
 
 
 def cmd_brand_create(args: argparse.Namespace, settings: Settings) -> None:
@@ -23,8 +25,22 @@ def cmd_brand_create(args: argparse.Namespace, settings: Settings) -> None:
     print(f"created brand {brand.brand_id} ({brand.name})")
 
 
+async def _every_brand(store: Any) -> list[Brand]:
+    brands: list[Brand] = []
+    while page := await store.brands_after(brands[-1].brand_id if brands else "", _PAGE):
+        brands.extend(page)
+    return brands
+
+
+async def _every_key(store: Any) -> list[ApiKeyInfo]:
+    keys: list[ApiKeyInfo] = []
+    while page := await store.api_keys_after(keys[-1].key_id if keys else "", _PAGE):
+        keys.extend(page)
+    return sorted(keys, key=lambda key: key.created_at)  # oldest first
+
+
 def cmd_brand_list(args: argparse.Namespace, settings: Settings) -> None:
-    brands = with_store(settings, lambda store: store.list_brands())
+    brands = with_store(settings, _every_brand)
     print(f"{'BRAND':<24} {'TOTAL':>10} {'CLAIMED':>10}  NAME")
     for brand in brands:
         print(f"{brand.brand_id:<24} {brand.total_codes:>10} {brand.claimed:>10}  {brand.name}")
@@ -37,20 +53,21 @@ def cmd_key_create(args: argparse.Namespace, settings: Settings) -> None:
     if role is not Role.BRAND and args.brand:
         raise CommandError(f"--brand only applies to --role brand, not {role.value}")
     key_id, key, key_hash = new_api_key()
-    with_store(settings, lambda store: store.create_api_key(key_id, key_hash, role, args.brand))
+    if with_store(settings, lambda store: store.insert_api_key(key_id, key_hash, role, args.brand)) is None:
+        raise CommandError(f"brand {args.brand!r} does not exist; create it with `discount brand create`")
     scope = f" for brand {args.brand}" if args.brand else ""
     print(f"created {role.value} key {key_id}{scope}; store it now, it is not shown again:", file=sys.stderr)
     print(key)
 
 
 def cmd_key_revoke(args: argparse.Namespace, settings: Settings) -> None:
-    if not with_store(settings, lambda store: store.revoke_api_key(args.key_id)):
-        raise CommandError(f"no active key {args.key_id!r}; see `discount key list`")
+    if with_store(settings, lambda store: store.revoke_api_key_returning(args.key_id)) is None:
+        raise CommandError(f"no key {args.key_id!r}; see `discount key list`")
     print(f"revoked key {args.key_id}; servers stop accepting it within {settings.key_cache_seconds:g}s")
 
 
 def cmd_key_list(args: argparse.Namespace, settings: Settings) -> None:
-    keys = with_store(settings, lambda store: store.list_api_keys())
+    keys = with_store(settings, _every_key)
     print(f"{'KEY ID':<14} {'ROLE':<8} {'BRAND':<24} STATUS")
     for key in keys:
         status = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
