@@ -4,7 +4,8 @@
         .venv/bin/python -m bench.envoy_overhead [CALLS]
 
 Both clients keep one connection open (gRPC channel; HTTP/1.1 keep-alive, as a browser does). Prints p50/p99.
-The stack (server, Envoy, page) is the one the browser tests run, so the hop measured is the one they test.
+The stack (server, Envoy, page; discount_dev.servers) is the one the browser tests run, so the hop measured
+is the one they test.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import grpc
 from bench.common import percentile
 from discount.v1 import discount_service_pb2 as pb
 from discount.v1 import discount_service_pb2_grpc as pb_grpc
-from tests.browser.support import frame, parse_frames, running_stack
-from tests.support import Databases, create_brand, create_key, generate_codes_sql, server_url
+from discount_dev.databases import Databases, server_url
+from discount_dev.grpc_web import frame, parse_frames
+from discount_dev.postgres import add_codes, create_brand, create_key
+from discount_dev.servers import running_stack
 
 
 def summary(samples: list[float]) -> str:
@@ -36,7 +39,7 @@ def measure(calls: int) -> None:
     url = databases.create()
     try:
         create_brand(url, "acme")
-        generate_codes_sql(url, "acme", 2 * calls + 10)
+        add_codes(url, "acme", 2 * calls + 10)
         key = create_key(url, "service")
         with running_stack(url, Path(tempfile.mkdtemp(prefix="envoy-overhead-"))) as stack:
             direct: list[float] = []

@@ -18,10 +18,8 @@ import grpc
 from bench.common import BIN, PY, ROOT
 from discount.v1 import discount_service_pb2 as pb
 from discount.v1 import discount_service_pb2_grpc as pb_grpc
+from discount_client._common import WATCH_CLAIMS_PER_RESPONSE as WATCH_CLAIMS_PER_RESPONSE
 from discount_dev.processes import NotServingError, cpu_seconds, free_port, wait_until_serving
-
-# What discount_client asks for: runs of up to this many claims per WatchClaims message.
-WATCH_CLAIMS_PER_RESPONSE = 256
 
 
 class Server:

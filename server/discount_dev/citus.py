@@ -132,12 +132,8 @@ class CitusCluster:
         _wait_gone(pid)
         # postmaster.pid stays behind; the next start sees that its process is gone.
 
-    def stop_worker(self, index: int) -> None:
-        """A clean shutdown of one worker."""
-        self.workers[index].stop()
-
     def start_worker(self, index: int) -> None:
-        """Starts a stopped or killed worker (after a kill, PostgreSQL first replays its WAL)."""
+        """Starts a killed worker again; PostgreSQL first replays its WAL."""
         self.workers[index].start()
 
     # -- databases ---------------------------------------------------------------------------
@@ -146,11 +142,6 @@ class CitusCluster:
         if self.coordinator is None:
             raise CitusError("the cluster is not running")
         return self.coordinator
-
-    @property
-    def coordinator_url(self) -> str:
-        """The coordinator's `postgres` database (`create_database` makes an application's)."""
-        return self._coordinator().url
 
     def create_database(self, name: str, *, template: str | None = None) -> str:
         """Creates database `name` on every node and returns its URL on the coordinator.

@@ -7,7 +7,6 @@ import contextlib
 import json
 import queue
 import shutil
-import struct
 import subprocess
 import threading
 import time
@@ -22,9 +21,13 @@ from typing import Any
 from google.protobuf.message import Message
 
 from discount.v1 import discount_service_pb2 as pb
-from discount_dev.stack import WEB_DIST, DevStackError, EnvoyProcess, render_envoy_config, serve_page
+from discount_dev import servers
+from discount_dev.grpc_web import frame as frame
+from discount_dev.grpc_web import parse_frames as parse_frames
+from discount_dev.servers import Stack as Stack
+from discount_dev.stack import WEB_DIST
 from discount_service.tokens import mint_token
-from tests.support import ROOT, ServerHandle, create_key, free_port, start_server_process, stop_process
+from tests.support import ROOT
 
 JWT_SECRET = "browser-tests-secret-0123456789abcdef"
 WEB = ROOT / "web"
@@ -37,68 +40,9 @@ def token(user_id: str, email: str | None = None, ttl: int = 600, secret: str = 
     return mint_token(secret, user_id, email=email, ttl_seconds=ttl)
 
 
-@dataclass
-class Stack:
-    server: ServerHandle
-    envoy: EnvoyProcess
-    envoy_url: str
-    page_url: str
-    origin: str
-    database_url: str
-
-    def service_key(self) -> str:
-        return create_key(self.database_url, "service")
-
-
-@contextlib.contextmanager
-def running_stack(database_url: str, work_dir: Path, *, brand: str = "") -> Iterator[Stack]:
-    """Server + Envoy + page server on free ports. The page's origin is the one Envoy allows."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    server = start_server_process(
-        database_url,
-        log_path=work_dir / "server.log",
-        extra_env={
-            "DISCOUNT_JWT_SECRET": JWT_SECRET,
-            "DISCOUNT_POOL_MIN_SIZE": "1",
-            "DISCOUNT_POOL_MAX_SIZE": "6",
-            "DISCOUNT_LOG_LEVEL": "WARNING",
-        },
-    )
-    stack: Stack | None = None
-    try:
-        with contextlib.ExitStack() as cleanup:
-            for attempt in range(3):
-                # Free ports can be taken by another test between picking and binding: retry with new ones.
-                envoy_port, admin_port = free_port(), free_port()
-                envoy_url = f"http://127.0.0.1:{envoy_port}"
-                _, page_port = cleanup.enter_context(serve_page(0, envoy_url, brand=brand))
-                origin = f"http://127.0.0.1:{page_port}"
-                config = work_dir / "envoy.yaml"
-                config.write_text(
-                    render_envoy_config(
-                        listen_port=envoy_port,
-                        admin_port=admin_port,
-                        upstream_host="127.0.0.1",
-                        upstream_port=int(server.address.rsplit(":", 1)[1]),
-                        origins=[origin],
-                    )
-                )
-                envoy = EnvoyProcess(config, envoy_port, admin_port, log_path=work_dir / "envoy.log")
-                cleanup.callback(envoy.stop)
-                try:
-                    envoy.start()
-                    break
-                except DevStackError:
-                    envoy.stop()
-                    if attempt == 2:
-                        raise
-            stack = Stack(server, envoy, envoy_url, f"{origin}/", origin, database_url)
-            yield stack
-    finally:
-        # A test may have replaced the server (restart tests): stop whichever is current, and the first.
-        if stack is not None and stack.server is not server:
-            stop_process(stack.server)
-        stop_process(server)
+def running_stack(database_url: str, work_dir: Path, *, brand: str = "") -> contextlib.AbstractContextManager[Stack]:
+    """Server + Envoy + page on free ports (discount_dev.servers), taking shopper tokens signed with JWT_SECRET."""
+    return servers.running_stack(database_url, work_dir, brand=brand, jwt_secret=JWT_SECRET)
 
 
 # -- gRPC-Web over plain HTTP, as a browser (or curl) sends it --------------------------------------
@@ -118,29 +62,6 @@ class GrpcWebReply:
     @property
     def grpc_message(self) -> str:
         return urllib.parse.unquote(self.trailers.get("grpc-message", self.headers.get("grpc-message", "")))
-
-
-def frame(message: Message) -> bytes:
-    body = message.SerializeToString()
-    return b"\x00" + struct.pack(">I", len(body)) + body
-
-
-def parse_frames(data: bytes) -> tuple[list[bytes], dict[str, str]]:
-    messages: list[bytes] = []
-    trailers: dict[str, str] = {}
-    offset = 0
-    while offset + 5 <= len(data):
-        flags, length = data[offset], struct.unpack(">I", data[offset + 1 : offset + 5])[0]
-        payload = data[offset + 5 : offset + 5 + length]
-        offset += 5 + length
-        if flags & 0x80:
-            for line in payload.decode().split("\r\n"):
-                if ":" in line:
-                    name, _, value = line.partition(":")
-                    trailers[name.strip().lower()] = value.strip()
-        else:
-            messages.append(payload)
-    return messages, trailers
 
 
 def grpc_web_call(
