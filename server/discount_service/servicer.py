@@ -115,10 +115,12 @@ def _lenient_parser(message_type: type[Message]) -> Callable[[bytes], Message | 
 
 
 def _metadata(context: Context, key: str) -> str | None:
-    for name, value in context.invocation_metadata() or ():
-        if name == key:
-            return value if isinstance(value, str) else None
-    return None
+    """The one value of a credential header. Two are refused rather than one picked: a proxy that
+    adds its own credential would otherwise decide, unseen, which identity the call runs as."""
+    values = [value for name, value in context.invocation_metadata() or () if name == key]
+    if len(values) > 1:
+        raise errors.Unauthenticated(f"send exactly one {key}")
+    return values[0] if values and isinstance(values[0], str) else None
 
 
 MAX_CLAIMS_PER_RESPONSE = 1000  # keeps a response far below the 1 MiB message limit
