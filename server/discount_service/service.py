@@ -46,7 +46,7 @@ class DiscountService:
         require_brand_access(principal, brand_id)
         if not 1 <= count <= MAX_GENERATE:
             raise errors.InvalidArgument(f"count must be between 1 and {MAX_GENERATE:,}, got {count:,}", field="count")
-        validation.request_id(request_id)
+        request_id = validation.request_id(request_id)
         length = code_length or codes.DEFAULT_LENGTH
         if not codes.MIN_LENGTH <= length <= codes.MAX_LENGTH:
             raise errors.InvalidArgument(
