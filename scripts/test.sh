@@ -7,6 +7,9 @@ PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[test]'
+# The dev tools (dev-stack, dev-token, the helpers the tests and benchmarks share) are a distribution of
+# their own (dev/pyproject.toml), which `pip install .` leaves out: editable, as they read deploy/ and web/.
+.venv/bin/python -m pip install --quiet -e ./dev
 for setup in scripts/setup.d/*.sh; do
   [ -e "$setup" ] && bash "$setup"
 done

