@@ -194,8 +194,8 @@ class Db:
         return "\n".join(r[0] for r in rows)
 
     def explain_claim_call(self, brand_id: str, hint: int) -> str:
-        """The real discount_claim() call, with auto_explain printing (ANALYZE, BUFFERS) of every
-        statement inside it, rolled back so the brand is unchanged."""
+        """The service's claim call (discount_claim_many of one claim), with auto_explain printing
+        (ANALYZE, BUFFERS) of every statement inside it, rolled back so the brand is unchanged."""
         notices: list[str] = []
         with psycopg.connect(self.url) as conn:
             conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
@@ -209,7 +209,9 @@ class Db:
             ):
                 conn.execute(setting)
             conn.execute(
-                "SELECT * FROM discount_claim(%s, 'explain-user', 'explain@example.com', %s)", (brand_id, hint)
+                "SELECT * FROM discount_claim_many(ARRAY[%s], ARRAY['explain-user'], ARRAY['explain@example.com'],"
+                " ARRAY[%s::bigint])",
+                (brand_id, hint),
             ).fetchall()
             conn.rollback()
         return "\n\n".join(notices)

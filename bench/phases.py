@@ -264,8 +264,9 @@ def throughput(bench: Bench) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 def pgbench(bench: Bench, brand: str, *, batch: int = 1) -> dict[str, Any]:
     """The claim transaction the service runs, straight from pgbench, 32 clients, prepared.
 
-    batch=1: one `discount_claim` per transaction (the service's path when a brand is idle);
-    batch>1: `discount_claim_batch` with that many users per transaction (its path under load).
+    Each transaction is one call of `discount_claim_many`, the function the service calls on one
+    PostgreSQL: batch=1 with one claim (its path when a brand is idle), batch>1 with that many users
+    of the brand (its path under load).
     Each client keeps its own hint from its last claim, as each server process does, and claims
     for distinct users (client id + a per-client counter)."""
     profile, db, pg = bench.profile, bench.db, bench.pg
@@ -277,15 +278,11 @@ def pgbench(bench: Bench, brand: str, *, batch: int = 1) -> dict[str, Any]:
     script = bench.workdir / f"claim-{batch}.pgbench"
     tag = f"pgb{os.getpid()}b{batch}"
     user = f"'{tag}-' || :client_id || '-' || :n"
-    if batch == 1:
-        call = f"discount_claim('{brand}', {user}, {user} || '@example.com', :hint)"
-        select = "coalesce(code_key, :hint)"
-    else:
-        users = ", ".join(f"{user} || '-{i}'" for i in range(batch))
-        emails = ", ".join(f"{user} || '-{i}@example.com'" for i in range(batch))
-        call = f"discount_claim_batch('{brand}', ARRAY[{users}], ARRAY[{emails}], :hint)"
-        select = "coalesce(max(code_key), :hint)"
-    script.write_text(f"\\set n :n + 1\nSELECT {select} AS hint FROM {call}\n\\gset\n")
+    users = ", ".join(f"{user} || '-{i}'" for i in range(batch))
+    emails = ", ".join(f"{user} || '-{i}@example.com'" for i in range(batch))
+    brands, hints = f"array_fill('{brand}'::text, ARRAY[{batch}])", f"array_fill(:hint::bigint, ARRAY[{batch}])"
+    call = f"discount_claim_many({brands}, ARRAY[{users}], ARRAY[{emails}], {hints})"
+    script.write_text(f"\\set n :n + 1\nSELECT coalesce(max(code_key), :hint) AS hint FROM {call}\n\\gset\n")
     duration = int(max(1, round(profile.duration)))
     cmd = [
         str(PG_BIN / "pgbench"), "-n", "-M", "prepared", "-c", str(profile.concurrency), "-j", "2",

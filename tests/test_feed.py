@@ -103,7 +103,10 @@ async def test_out_of_order_commits_never_skip_an_event(server: ServerHandle) ->
         watching = asyncio.create_task(_collect(stream, 2, timeout=30))
         async with await psycopg.AsyncConnection.connect(server.database_url) as slow:
             # The slow claim: takes sequence 1 and a code, then stalls before commit.
-            await slow.execute("SELECT * FROM discount_claim('acme', 'slow-user', 'slow@example.com', 0)")
+            await slow.execute(
+                "SELECT * FROM discount_claim_many(ARRAY['acme'], ARRAY['slow-user'], ARRAY['slow@example.com'],"
+                " ARRAY[0::bigint])"
+            )
             fast = asyncio.ensure_future(stub.ClaimCode(claim_request("acme", "fast-user"), metadata=server.metadata()))
             await asyncio.sleep(1.5)  # longer than the feed poll: the watcher must not move past 1
             assert not fast.done(), "the second claim must wait for the first's sequence to commit"

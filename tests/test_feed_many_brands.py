@@ -238,7 +238,12 @@ async def test_claims_nobody_notified_of_reach_their_watchers_through_the_poll(d
             await asyncio.sleep(2.0)
             quiet = brands[::5]
             for brand in quiet:
-                sql(database_url, "SELECT * FROM discount_claim(%s, 'quiet-user', 'quiet@example.com', 0)", (brand,))
+                sql(
+                    database_url,
+                    "SELECT * FROM discount_claim_many(ARRAY[%s], ARRAY['quiet-user'], ARRAY['quiet@example.com'],"
+                    " ARRAY[0::bigint])",
+                    (brand,),
+                )
             started = time.monotonic()
             while any(not received[b] for b in quiet) and time.monotonic() - started < 10:
                 await asyncio.sleep(0.05)

@@ -93,7 +93,11 @@ def target(databases: Databases, tmp_path_factory: pytest.TempPathFactory) -> It
     generate_codes_sql(url, BRAND, INITIAL_CODES)
     generate_codes_sql(url, OTHER_BRAND, 100)
     # OTHER_BRAND's feed is not empty, so a watch from 0 gets a claim at once.
-    sql(url, "SELECT * FROM discount_claim(%s, 'seed', 'seed@example.com', 0)", (OTHER_BRAND,))
+    sql(
+        url,
+        "SELECT * FROM discount_claim_many(ARRAY[%s], ARRAY['seed'], ARRAY['seed@example.com'], ARRAY[0::bigint])",
+        (OTHER_BRAND,),
+    )
     keys = {
         "admin": create_key(url, "admin"),
         "service": create_key(url, "service"),

@@ -1,8 +1,9 @@
-"""sql/schema.sql is exactly the schema the migrations leave, and the named statements that copy a
-piece of it (pick_free_code) say what the database runs.
+"""sql/schema.sql is exactly the schema the migrations add up to, and the named statements that copy
+a piece of it (pick_free_code) say what the database runs.
 
-The migrations are what builds and upgrades a database; schema.sql is there to be read. These tests
-fail as soon as the two drift apart: a new migration must update schema.sql in the same change.
+Store.migrate builds an empty database from schema.sql and upgrades an older one by the migrations it
+lacks. These tests build a database both ways, on plain PostgreSQL and on Citus, and fail as soon as
+the two drift apart: a new table or function goes into schema.sql and a new migration in one change.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import difflib
 import glob
 import importlib.util
+import logging
 import re
 import subprocess
 import uuid
@@ -21,10 +23,17 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from discount_dev.citus import CitusCluster
 from discount_service.store import QUERIES, Store
 from tests.support import create_brand, generate_codes_sql, server_url, sql, with_database
 
 PACKAGE = resources.files("discount_service")
+# Every migration shipped, oldest first.
+VERSIONS = sorted(
+    f.name.removesuffix(".sql") for f in PACKAGE.joinpath("migrations").iterdir() if f.name.endswith(".sql")
+)
+# The last version of the claim functions by brand_id, which the next migration drops.
+BEFORE_THE_DROP = "0009_claim_by_brand_key"
 
 
 def _major(pg_dump: str) -> int | None:
@@ -101,22 +110,29 @@ def normalised_schema(dump: str) -> list[str]:
 
 
 @pytest.fixture
-def new_database() -> Iterator[Callable[[], str]]:
-    """Makes empty databases (from template1, not the tests' migrated template); drops them after."""
+def new_database(engine: str, request: pytest.FixtureRequest) -> Iterator[Callable[[], str]]:
+    """Makes empty databases on the test's engine (not clones of the tests' migrated template): on
+    Citus a cluster database, the extension created and the workers registered. Drops them after."""
+    cluster: CitusCluster | None = request.getfixturevalue("citus_cluster") if engine == "citus" else None
     admin_url = server_url()
     names: list[str] = []
 
     def create() -> str:
         name = f"discount_schema_{uuid.uuid4().hex[:12]}"
+        names.append(name)
+        if cluster is not None:
+            return cluster.create_database(name)
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
-        names.append(name)
         return with_database(admin_url, name)
 
     yield create
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        for name in names:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    for name in names:
+        if cluster is not None:
+            cluster.drop_database(name)
+        else:
+            with psycopg.connect(admin_url, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _dump(url: str) -> str:
@@ -130,23 +146,85 @@ def _dump(url: str) -> str:
     return result.stdout
 
 
-async def test_schema_sql_is_exactly_what_the_migrations_leave(new_database: Callable[[], str]) -> None:
-    migrated = new_database()
-    applied = await Store(migrated).migrate()
-    migrations = sorted(f.name for f in PACKAGE.joinpath("migrations").iterdir() if f.name.endswith(".sql"))
-    assert applied == [name.removesuffix(".sql") for name in migrations]
+def _recorded(url: str) -> list[str]:
+    return [row[0] for row in sql(url, "SELECT version FROM schema_migrations ORDER BY version")]
 
-    loaded = new_database()
-    with psycopg.connect(loaded, autocommit=True) as conn:
-        conn.execute(PACKAGE.joinpath("sql/schema.sql").read_text().encode())
 
-    from_migrations, from_schema = normalised_schema(_dump(migrated)), normalised_schema(_dump(loaded))
-    assert any(line.startswith("CREATE FUNCTION public.discount_claim_batch(") for line in from_migrations)
-    assert any(line.startswith("CREATE INDEX codes_free ") for line in from_migrations)
+def _claim_functions(url: str) -> list[str]:
+    rows = sql(url, "SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.proname LIKE 'discount_claim%' ORDER BY 1")
+    return [row[0] for row in rows]
+
+
+@pytest.mark.both_engines
+async def test_a_fresh_database_has_the_schema_of_one_upgraded_from_0001(
+    new_database: Callable[[], str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="discount_service.store")
+    fresh = new_database()
+    assert await Store(fresh).migrate() == VERSIONS
+    assert f"created the schema from schema.sql (migrations 0001–{VERSIONS[-1][:4]} recorded)" in caplog.messages
+    assert not [m for m in caplog.messages if m.startswith("applied migration")]
+    assert _recorded(fresh) == VERSIONS
+
+    caplog.clear()
+    upgraded = new_database()
+    assert await Store(upgraded).migrate(up_to=VERSIONS[0]) == VERSIONS[:1]
+    assert await Store(upgraded).migrate() == VERSIONS[1:]
+    assert [m for m in caplog.messages if m.startswith("applied migration")] == [
+        f"applied migration {version}" for version in VERSIONS
+    ]
+    assert _recorded(upgraded) == VERSIONS
+
+    from_upgrade, from_schema = normalised_schema(_dump(upgraded)), normalised_schema(_dump(fresh))
+    assert any(line.startswith("CREATE FUNCTION public.discount_claim_brand(") for line in from_schema)
+    assert any(line.startswith("CREATE INDEX codes_free ") for line in from_schema)
     diff = "\n".join(
-        difflib.unified_diff(from_migrations, from_schema, "migrations 0001..", "sql/schema.sql", lineterm="")
+        difflib.unified_diff(from_upgrade, from_schema, "migrations 0001..", "sql/schema.sql", lineterm="")
     )
-    assert from_migrations == from_schema, f"sql/schema.sql drifted from the migrations:\n{diff}"
+    assert from_upgrade == from_schema, f"sql/schema.sql drifted from the migrations:\n{diff}"
+    # What the schema seeds, beside its shape: each database its own page-token secret.
+    secrets = [sql(url, "SELECT name, length(secret) FROM server_secrets") for url in (fresh, upgraded)]
+    assert secrets == [[("page_token", 32)], [("page_token", 32)]]
+    query = "SELECT secret FROM server_secrets"
+    assert sql(fresh, query) != sql(upgraded, query)
+
+
+@pytest.mark.both_engines
+async def test_a_database_of_an_older_release_gets_only_the_migrations_it_lacks(
+    new_database: Callable[[], str],
+) -> None:
+    url = new_database()
+    older = VERSIONS[: VERSIONS.index(BEFORE_THE_DROP) + 1]
+    assert await Store(url).migrate(up_to=BEFORE_THE_DROP) == older
+    assert "discount_claim(text,text,text,bigint)" in _claim_functions(url)
+    create_brand(url, "older")
+    generate_codes_sql(url, "older", 3)
+    claimed = sql(url, "SELECT outcome, code FROM discount_claim('older', 'early-user', 'early@example.com', 0)")
+
+    pending = VERSIONS[len(older) :]
+    assert pending[0] == "0010_drop_unused_claim_functions"
+    assert await Store(url).migrate() == pending
+    assert _recorded(url) == VERSIONS
+    assert _claim_functions(url) == [
+        "discount_claim_brand(integer,text[],text[],bigint)",
+        "discount_claim_many(text[],text[],text[],bigint[])",
+    ]
+    # The upgrade kept the data: the claim made before it is still the user's.
+    assert claimed[0][0] == "claimed"
+    again = sql(
+        url,
+        "SELECT outcome, code FROM discount_claim_many(ARRAY['older'], ARRAY['early-user'],"
+        " ARRAY['early@example.com'], ARRAY[0::bigint])",
+    )
+    assert again == [("existing", claimed[0][1])]
+
+    assert await Store(url).migrate() == []
+    assert _recorded(url) == VERSIONS
+
+
+async def test_migrating_up_to_a_version_that_does_not_exist_is_refused() -> None:
+    with pytest.raises(ValueError, match="no migration '0000_nothing'"):
+        await Store("postgresql://unused.invalid/none").migrate(up_to="0000_nothing")
 
 
 def test_the_normalisation_still_sees_a_changed_schema() -> None:

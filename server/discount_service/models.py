@@ -58,7 +58,7 @@ class Claim:
 
 
 class ClaimOutcome(StrEnum):
-    """What one claim did; the values are the `outcome` column of discount_claim (sql/schema.sql)."""
+    """What one claim did; the values are the `outcome` column of discount_claim_brand (sql/schema.sql)."""
 
     CLAIMED = "claimed"  # this call took a new code for the user
     EXISTING = "existing"  # the user already held a code of the brand: that one, again

@@ -51,7 +51,8 @@ async def test_a_watcher_that_reads_nothing_falls_behind_and_resumes(database_ur
     sql(
         database_url,
         "SELECT count(*) FROM generate_series(1, %s) g, "
-        "LATERAL discount_claim('slow', 'pre-' || g, 'pre-' || g || '@example.com', 0)",
+        "LATERAL discount_claim_many(ARRAY['slow'], ARRAY['pre-' || g], ARRAY['pre-' || g || '@example.com'],"
+        " ARRAY[0::bigint])",
         (BACKLOG,),
     )
     service_key = create_key(database_url, "service")

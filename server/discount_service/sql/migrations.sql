@@ -1,5 +1,6 @@
--- Applying migrations/*.sql one process at a time, and on a Citus coordinator distributing the tables
--- by brand after them (docs/scaling.md). On plain PostgreSQL only citus_installed of the citus_* runs.
+-- Creating the schema (an empty database: sql/schema.sql) or upgrading it (the migrations/*.sql a
+-- database lacks), one process at a time, and on a Citus coordinator distributing the tables by brand
+-- after that (docs/scaling.md). On plain PostgreSQL only citus_installed of the citus_* runs.
 --
 -- Each block starts with `-- name: <name>`, then a one-line description; the store loads the blocks
 -- of every sql/*.sql but schema.sql into one dict by name and is the only module that executes SQL.
@@ -18,7 +19,8 @@ SELECT pg_advisory_unlock(%(key)s);
 SELECT to_regclass('schema_migrations') IS NOT NULL;
 
 -- name: create_migrations_table
--- The record of applied migrations; not part of schema.sql, which is what they add up to.
+-- The record of applied migrations; not part of schema.sql, which is what they add up to (a database
+-- made from schema.sql records every migration as applied).
 CREATE TABLE schema_migrations (version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());
 
 -- name: applied_migrations
@@ -26,7 +28,7 @@ CREATE TABLE schema_migrations (version text PRIMARY KEY, applied_at timestamptz
 SELECT version FROM schema_migrations;
 
 -- name: record_migration
--- Marks a version applied, in the transaction that applied it.
+-- Marks a version applied, in the transaction that applied it (or applied schema.sql).
 INSERT INTO schema_migrations (version) VALUES (%(version)s);
 
 -- name: citus_installed

@@ -1,11 +1,14 @@
--- The schema as the migrations (migrations/*.sql) leave it, in one place, to read what runs today.
+-- The whole schema, in one place: what `discount migrate` (and `discount serve`, which migrates on
+-- start) applies to an empty database, in one transaction, recording every migration in
+-- migrations/*.sql as applied. A database that has some migrations gets the ones it lacks instead,
+-- so this file must always equal the sum of all the migrations shipped beside it.
 --
--- Nothing applies this file: databases are built and upgraded by the migrations only (Store.migrate,
--- `discount migrate`). Keep it in step with them: a new migration changes this file in the same
--- commit. tests/test_schema.py applies every migration to one empty database, loads this file into
--- another, and fails if `pg_dump --schema-only` of the two differ (comments and layout aside).
--- To see the difference, run `.venv/bin/python -m pytest tests/test_schema.py`; its failure
--- message is the diff, migrations on the left.
+-- A new table or function is therefore written twice, and only twice: once here (fresh databases)
+-- and once as a new migration (upgrades), in the same commit; never by changing a migration that has
+-- shipped. tests/test_schema.py builds one database from this file and one by replaying every
+-- migration from 0001, on plain PostgreSQL and on Citus, and fails if `pg_dump --schema-only` of the
+-- two differ (comments and layout aside); its failure message is the diff. To run it:
+-- `.venv/bin/python -m pytest tests/test_schema.py`.
 --
 -- The traps the design avoids are described in docs/design.md; comments cite them by anchor.
 
@@ -45,13 +48,16 @@ CREATE TABLE api_keys (
 -- ListApiKeys of one brand pages through that brand's keys in key_id order.
 CREATE INDEX api_keys_brand ON api_keys (brand_key, key_id) WHERE brand_key IS NOT NULL;
 
--- Secrets every server of this database shares and never sends anywhere. `page_token` (made by
--- migration 0006 from the database's strong random source) signs AdminService page tokens, so a
--- token a caller made up is refused and any replica can continue a listing another one started.
+-- Secrets every server of this database shares and never sends anywhere. `page_token`, made with
+-- the schema by the database's strong random source (two v4 UUIDs, 244 random bits, hashed to 32
+-- bytes), signs AdminService page tokens, so a token a caller made up is refused and any replica can
+-- continue a listing another one started. Databases copied from this one share it.
 CREATE TABLE server_secrets (
     name    text PRIMARY KEY,
     secret  bytea NOT NULL CHECK (length(secret) >= 32)
 );
+INSERT INTO server_secrets (name, secret)
+VALUES ('page_token', sha256(uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid())));
 
 -- One row per GenerateCodes call; the unique (brand_key, request_id) makes a retried call wait for
 -- the first one and then return its batch instead of generating twice. Every key includes
@@ -105,7 +111,7 @@ CREATE TABLE claims (
 
 
 -- The claim of one brand, by its brand_key, in one round trip (docs/design.md#trap-round-trips): the
--- one claim body. Every other claim function reaches it through discount_claim_many; on a Citus
+-- one claim body. On one PostgreSQL the server reaches it through discount_claim_many; on a Citus
 -- cluster the server calls it directly, distributed by p_brand_key, so the whole claim runs on the
 -- node that holds the brand's shards (docs/scaling.md). Every statement filters on brand_key, the
 -- UPDATE by ctid included: on Citus a statement without the distribution column runs on every shard.
@@ -126,9 +132,10 @@ CREATE TABLE claims (
 --      claim, orders the sequences and is held to commit: docs/design.md#trap-outbox-order), and
 --      insert the claims row. No NOTIFY here: it would sit on the commit path
 --      (docs/design.md#trap-notify-commit-lock); the server notifies after commit.
--- A user twice in one call sees its own first claim: 'existing'. Any error rolls the whole call
--- back; the server then runs its items one by one. sql/queries.sql holds the code pick as a
--- statement of its own (pick_free_code), for EXPLAIN.
+-- Outcomes: 'claimed' (a new claim, with the code_key the caller keeps as its next hint), 'existing',
+-- 'brand_not_found', 'exhausted'. A user twice in one call sees its own first claim: 'existing'.
+-- Any error rolls the whole call back; the server then runs its items one by one. sql/claims.sql
+-- holds the code pick as a statement of its own (pick_free_code), for EXPLAIN.
 CREATE FUNCTION discount_claim_brand(
     p_brand_key integer, p_user_ids text[], p_emails text[], p_after_code_key bigint)
 RETURNS TABLE (item integer, outcome text, sequence bigint, code text, email text,
@@ -185,7 +192,7 @@ BEGIN
             CONTINUE;
         END IF;
 
-        -- 4. the oldest free code after the hint (pick_free_code in sql/queries.sql) ...
+        -- 4. the oldest free code after the hint (pick_free_code in sql/claims.sql) ...
         SELECT f.ctid, f.code, f.expires_at, f.code_key INTO v_ctid, v_code, v_expires, v_code_key
         FROM codes f
         WHERE f.brand_key = v_brand AND NOT f.claimed AND f.code_key > v_hint
@@ -279,28 +286,4 @@ BEGIN
             FROM discount_claim_brand(v_brand.brand_key, v_brand.user_ids, v_brand.emails, v_brand.hint) c;
     END LOOP;
 END
-$$;
-
--- Several claims of one brand in one transaction, by brand_id: discount_claim_many with every item
--- of the same brand and hint, so the claim's steps are written once.
-CREATE FUNCTION discount_claim_batch(
-    p_brand_id text, p_user_ids text[], p_emails text[], p_after_code_key bigint)
-RETURNS TABLE (item integer, outcome text, sequence bigint, code text, email text,
-               claimed_at timestamptz, expires_at timestamptz, code_key bigint)
-LANGUAGE sql AS $$
-    SELECT m.item, m.outcome, m.sequence, m.code, m.email, m.claimed_at, m.expires_at, m.code_key
-    FROM discount_claim_many(array_fill(p_brand_id, ARRAY[cardinality(p_user_ids)]), p_user_ids, p_emails,
-                             array_fill(p_after_code_key, ARRAY[cardinality(p_user_ids)])) m
-$$;
-
--- One claim: a batch of one, so the claim's steps are written once. Outcomes: 'claimed' (a new
--- claim, with the code_key the caller keeps as its next hint), 'existing' (the user's earlier claim),
--- 'brand_not_found', 'exhausted'.
-CREATE FUNCTION discount_claim(
-    p_brand_id text, p_user_id text, p_email text, p_after_code_key bigint)
-RETURNS TABLE (outcome text, sequence bigint, code text, email text, claimed_at timestamptz,
-               expires_at timestamptz, code_key bigint)
-LANGUAGE sql AS $$
-    SELECT b.outcome, b.sequence, b.code, b.email, b.claimed_at, b.expires_at, b.code_key
-    FROM discount_claim_batch(p_brand_id, ARRAY[p_user_id], ARRAY[p_email], p_after_code_key) b
 $$;

@@ -1,4 +1,5 @@
-"""Applying migrations/*.sql, one process at a time, and the Citus layout (docs/scaling.md)."""
+"""Creating and upgrading the schema, one process at a time: an empty database from sql/schema.sql,
+an older one by the migrations/*.sql it lacks; and the Citus layout (docs/scaling.md)."""
 
 from __future__ import annotations
 
@@ -27,9 +28,20 @@ CITUS_DISTRIBUTED_FUNCTIONS = (("discount_claim_brand(integer,text[],text[],bigi
 
 
 def _migrations() -> list[tuple[str, str]]:
+    """(version, script) of every migration shipped, oldest first."""
     folder = resources.files("discount_service").joinpath("migrations")
     files = sorted(f.name for f in folder.iterdir() if f.name.endswith(".sql"))
     return [(name.removesuffix(".sql"), folder.joinpath(name).read_text()) for name in files]
+
+
+def _schema() -> str:
+    """sql/schema.sql: the schema every migration adds up to."""
+    return resources.files("discount_service").joinpath("sql/schema.sql").read_text()
+
+
+def _number(version: str) -> str:
+    """A version's number, without its name: "0001_initial" -> "0001"."""
+    return version.partition("_")[0]
 
 
 # A comment, a quoted string or identifier, a dollar-quote opening tag, or a statement's end.
@@ -61,8 +73,19 @@ def _drop_comment(token: re.Match[str]) -> str:
 
 
 class Migrations(StoreBase):
-    async def migrate(self) -> list[str]:
-        """Applies pending migrations, one process at a time; returns the versions applied."""
+    async def migrate(self, *, up_to: str | None = None) -> list[str]:
+        """Brings the schema up to date, one process at a time; returns the versions applied.
+
+        An empty database gets sql/schema.sql in one transaction, with every migration recorded as
+        applied (schema.sql is what they add up to); a database that has some gets the ones it lacks,
+        in order. `up_to` stops after that version instead, replaying migrations even on an empty
+        database: how a database of an older release is made, e.g. to test its upgrade."""
+        migrations = _migrations()
+        versions = [version for version, _ in migrations]
+        if up_to is not None:
+            if up_to not in versions:
+                raise ValueError(f"no migration {up_to!r}; there are {versions[0]} to {versions[-1]}")
+            migrations = migrations[: versions.index(up_to) + 1]
         applied: list[str] = []
         with translate_errors():
             async with await psycopg.AsyncConnection.connect(
@@ -82,22 +105,37 @@ class Migrations(StoreBase):
                     cur = await conn.execute(QUERIES["citus_installed"])
                     row = await cur.fetchone()
                     citus = bool(row and row[0])
-                    for version, sql in _migrations():
-                        if version in done:
-                            continue
-                        async with conn.transaction():
-                            if citus:
-                                await conn.execute(QUERIES["citus_sequential_ddl"])
-                            for statement in split_statements(sql):
-                                await conn.execute(statement.encode())
-                            await conn.execute(QUERIES["record_migration"], {"version": version})
-                        applied.append(version)
-                        log.info("applied migration %s", version)
-                    if citus:
+                    if not done and len(migrations) == len(versions):
+                        await _run_script(conn, _schema(), versions, citus=citus)
+                        applied = versions
+                        log.info(
+                            "created the schema from schema.sql (migrations %s–%s recorded)",
+                            _number(versions[0]),
+                            _number(versions[-1]),
+                        )
+                    else:
+                        for version, script in migrations:
+                            if version not in done:
+                                await _run_script(conn, script, [version], citus=citus)
+                                applied.append(version)
+                                log.info("applied migration %s", version)
+                    # The Citus layout is that of the whole schema: an older one may not fit it.
+                    if citus and done.union(applied) >= set(versions):
                         await _distribute(conn)
                 finally:
                     await conn.execute(QUERIES["unlock_migrations"], lock)
         return applied
+
+
+async def _run_script(conn: psycopg.AsyncConnection[Any], script: str, versions: list[str], *, citus: bool) -> None:
+    """Runs `script` one statement per message and records `versions` as applied, in one transaction."""
+    async with conn.transaction():
+        if citus:
+            await conn.execute(QUERIES["citus_sequential_ddl"])
+        for statement in split_statements(script):
+            await conn.execute(statement.encode())
+        for version in versions:
+            await conn.execute(QUERIES["record_migration"], {"version": version})
 
 
 async def _distribute(conn: psycopg.AsyncConnection[Any]) -> None:
