@@ -24,6 +24,9 @@ for stale in clients/discount/v1/*_pb2*.py clients/discount/v1/*_pb2*.pyi; do
 done
 mv -f "$py_out"/discount/v1/*_pb2* clients/discount/v1/
 
+# The synchronous client (clients/discount_client/client.py) is written from the asyncio one, aio.py.
+"$PYTHON" scripts/generate_sync_client.py
+
 # TypeScript stubs for the web page (web/src/gen), from the local protoc-gen-es in web/node_modules
 # (scripts/setup.d/40-browser.sh installs it). buf's remote plugins need a network we do not have.
 BUF="$(buf_bin)"

@@ -6,8 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
+
+import grpc
 
 from discount.v1 import admin_service_pb2 as admin_pb
+from discount.v1 import admin_service_pb2_grpc as admin_pb_grpc
 
 from .errors import InvalidArgument
 
@@ -71,6 +75,11 @@ class ApiKeyPage:
 
     keys: tuple[ApiKey, ...]
     next_page_token: str
+
+
+def admin_stub(channel: grpc.Channel | grpc.aio.Channel) -> Any:
+    """The generated AdminService stub of a channel of either kind (the clients type its results)."""
+    return admin_pb_grpc.AdminServiceStub(channel)  # type: ignore[no-untyped-call]
 
 
 def _invalid(message: str, method: str, field_name: str) -> InvalidArgument:

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 
 from discount.v1 import discount_service_pb2 as pb
+from discount.v1 import discount_service_pb2_grpc as pb_grpc
 
 from .errors import InvalidArgument
 
@@ -82,6 +83,11 @@ class WatchBackoff:
         """Seconds to wait before reconnect number `attempt` (0-based)."""
         ceiling = min(self.maximum, self.initial * self.multiplier**attempt)
         return random.uniform(ceiling / 2, ceiling)
+
+
+def discount_stub(channel: grpc.Channel | grpc.aio.Channel) -> Any:
+    """The generated DiscountService stub of a channel of either kind (the clients type its results)."""
+    return pb_grpc.DiscountServiceStub(channel)  # type: ignore[no-untyped-call]
 
 
 def channel_options(retry: RetryPolicy | None, extra: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:

@@ -1,4 +1,6 @@
-"""`AsyncDiscountClient`: the asyncio client (grpc.aio)."""
+"""`AsyncDiscountClient`: the asyncio client (grpc.aio), and the source of the synchronous one:
+scripts/generate_sync_client.py writes client.py from this module (see its docstring for what it
+maps and how to add a method)."""
 
 from __future__ import annotations
 
@@ -12,29 +14,41 @@ from typing import Any
 import grpc
 
 from discount.v1 import admin_service_pb2 as admin_pb
-from discount.v1 import admin_service_pb2_grpc as admin_pb_grpc
 from discount.v1 import discount_service_pb2 as pb
-from discount.v1 import discount_service_pb2_grpc as pb_grpc
 
 from . import _admin, _common
 from ._admin import ApiKey, ApiKeyPage, Brand, BrandPage, NewApiKey, Role
 from ._common import BrandStats, Claim, ClaimResult, GenerateResult, RetryPolicy, WatchBackoff
-from .errors import DiscountError, InvalidArgument, from_rpc_error
+from ._connectivity import AsyncChannelReadiness
+from .errors import DiscountError, InvalidArgument, from_rpc_error, status_code
 
 log = logging.getLogger("discount_client")
 
+# Called before each watch reconnect with the error that ended the stream, the delay before the
+# next attempt and the last sequence delivered.
 OnDisconnect = Callable[[DiscountError, float, int], None]
 
 
 class AsyncDiscountClient:
-    """The asyncio twin of `DiscountClient`: same arguments, same behaviour, awaitable calls.
+    """A typed asyncio client of `discount.v1.DiscountService` and, with an admin key, of
+    `discount.v1.AdminService` (brands and API keys).
 
     >>> async with AsyncDiscountClient("127.0.0.1:50051", api_key) as client:
     ...     result = await client.claim_code("acme", "user-42", "user42@example.com")
+    ...     print(result.claim.code)
     ...     async for claim in client.watch_claims("acme"):
     ...         print(claim.sequence, claim.code)
 
-    Create it inside the event loop that uses it.
+    - Every call sends `api_key` as `x-api-key`; every unary call has a deadline
+      (`deadline` seconds unless the call passes `timeout`).
+    - UNAVAILABLE is retried by gRPC itself with exponential backoff (`retry`, a service-config
+      retry policy; `retry=None` turns it off). Every call is idempotent: GenerateCodes without a
+      `request_id` gets a fresh one here, so a retried attempt cannot create a second batch.
+    - Failures raise the exceptions of `discount_client.errors`, carrying the server's message.
+    - `credentials` (e.g. `grpc.ssl_channel_credentials()`) switches to TLS.
+
+    Asyncio only: create it inside the event loop that uses it. `DiscountClient` is the same
+    client for synchronous code: same arguments, same behaviour.
     """
 
     def __init__(
@@ -58,8 +72,9 @@ class AsyncDiscountClient:
             self._channel = grpc.aio.insecure_channel(address, options=channel_options)
         else:
             self._channel = grpc.aio.secure_channel(address, credentials, options=channel_options)
-        self._stub = pb_grpc.DiscountServiceStub(self._channel)  # type: ignore[no-untyped-call]
-        self._admin_stub = admin_pb_grpc.AdminServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._readiness = AsyncChannelReadiness(self._channel)
+        self._stub = _common.discount_stub(self._channel)
+        self._admin_stub = _admin.admin_stub(self._channel)
 
     async def close(self) -> None:
         """Closes the channel; a `watch_claims` iterator in progress then simply ends."""
@@ -76,11 +91,14 @@ class AsyncDiscountClient:
 
     async def _call(self, method: str, request: Any, timeout: float | None, stub: Any = None) -> Any:
         try:
-            return await getattr(stub or self._stub, method)(
+            response = await getattr(stub or self._stub, method)(
                 request, metadata=self._metadata, timeout=self.deadline if timeout is None else timeout
             )
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc, method) from exc
+        except grpc.RpcError as exc:
+            unreached = "" if self._readiness.connected() else self.address
+            raise from_rpc_error(exc, method, unreached_address=unreached) from exc
+        self._readiness.mark_connected()
+        return response
 
     async def generate_codes(
         self,
@@ -93,19 +111,23 @@ class AsyncDiscountClient:
         expires_at: datetime | None = None,
         timeout: float | None = None,
     ) -> GenerateResult:
-        """See `DiscountClient.generate_codes`."""
+        """Creates `count` codes (1..1,000,000) for the brand. Repeating a call with the same
+        `request_id` returns the first call's batch and creates nothing; without one, a random
+        request_id is generated (and returned in the result). Large batches take a few seconds:
+        pass a `timeout` to match."""
         request = _common.generate_request(
             brand_id, count, request_id=request_id, prefix=prefix, code_length=code_length, expires_at=expires_at
         )
         return _common.generate_result(await self._call("GenerateCodes", request, timeout), request.request_id)
 
     async def claim_code(self, brand_id: str, user_id: str, email: str, *, timeout: float | None = None) -> ClaimResult:
-        """See `DiscountClient.claim_code`."""
+        """Gives the user one code of the brand, or the one they already hold. Raises
+        `NoCodesLeft` when the brand has none available."""
         request = pb.ClaimCodeRequest(brand_id=brand_id, user_id=user_id, email=email)
         return _common.claim_result(await self._call("ClaimCode", request, timeout))
 
     async def get_brand_stats(self, brand_id: str, *, timeout: float | None = None) -> BrandStats:
-        """See `DiscountClient.get_brand_stats`."""
+        """Counts the brand's codes by state."""
         request = pb.GetBrandStatsRequest(brand_id=brand_id)
         return _common.brand_stats(await self._call("GetBrandStats", request, timeout))
 
@@ -117,7 +139,13 @@ class AsyncDiscountClient:
         backoff: WatchBackoff = WatchBackoff(),
         on_disconnect: OnDisconnect | None = None,
     ) -> AsyncIterator[Claim]:
-        """See `DiscountClient.watch_claims`: every claim exactly once, across reconnects."""
+        """Yields the brand's claims with a sequence greater than `after_sequence`, in order, then
+        new ones live, forever.
+
+        When the stream breaks (server restart, network, proxy) it reconnects with exponential
+        backoff and resumes after the last claim it yielded: the caller sees every claim exactly
+        once. Errors that a reconnect cannot fix (bad key, unknown brand) are raised. Stop by
+        breaking out of the loop (or `aclose()` on the iterator)."""
         if after_sequence < 0:
             raise InvalidArgument(
                 f"after_sequence must be at least 0, got {after_sequence}",
@@ -129,16 +157,17 @@ class AsyncDiscountClient:
         cursor = after_sequence
         failures = 0
         while not self._closed:
-            call = self._stub.WatchClaims(
-                pb.WatchClaimsRequest(
-                    brand_id=brand_id,
-                    after_sequence=cursor,
-                    max_claims_per_response=_common.WATCH_CLAIMS_PER_RESPONSE,
-                ),
-                metadata=self._metadata,
-            )
+            call: Any = None
             error: DiscountError
             try:
+                call = self._stub.WatchClaims(
+                    pb.WatchClaimsRequest(
+                        brand_id=brand_id,
+                        after_sequence=cursor,
+                        max_claims_per_response=_common.WATCH_CLAIMS_PER_RESPONSE,
+                    ),
+                    metadata=self._metadata,
+                )
                 async for response in call:
                     # A server that predates batching ignores the request and sets `claim`.
                     for claim in response.claims or (response.claim,):
@@ -159,14 +188,15 @@ class AsyncDiscountClient:
                 if self._closed:
                     return
                 raise
-            except grpc.aio.AioRpcError as exc:
+            except grpc.RpcError as exc:
                 if self._closed:
                     return
                 error = from_rpc_error(exc, "WatchClaims")
-                if exc.code() not in _common.WATCH_RECONNECT_CODES:
+                if status_code(exc) not in _common.WATCH_RECONNECT_CODES:
                     raise error from exc
             finally:
-                call.cancel()
+                if call is not None:
+                    call.cancel()
             delay = backoff.delay(failures)
             failures += 1
             log.info("watch of %s interrupted (%s: %s); reconnecting in %.2fs", brand_id, error.code, error, delay)
@@ -177,12 +207,14 @@ class AsyncDiscountClient:
     # -- AdminService (admin keys only) ---------------------------------------------------------
 
     async def create_brand(self, brand_id: str, display_name: str = "", *, timeout: float | None = None) -> Brand:
-        """See `DiscountClient.create_brand`."""
+        """Creates a brand; `display_name` defaults to the id. Raises `AlreadyExists` if it exists.
+        Not retried on UNAVAILABLE: the brand may have been created; listing brands tells."""
         request = admin_pb.CreateBrandRequest(brand_id=brand_id, display_name=display_name)
         return _admin.brand_from_proto((await self._call("CreateBrand", request, timeout, self._admin_stub)).brand)
 
     async def list_brands(self, page_size: int = 0, page_token: str = "", *, timeout: float | None = None) -> BrandPage:
-        """See `DiscountClient.list_brands`."""
+        """One page of brands in brand_id order (`page_size` 0 means 100, at most 1,000); pass the
+        page's `next_page_token` for the next one. `iter_brands` walks every page."""
         request = _admin.list_brands_request(page_size, page_token)
         return _admin.brand_page(await self._call("ListBrands", request, timeout, self._admin_stub))
 
@@ -200,12 +232,15 @@ class AsyncDiscountClient:
     async def create_api_key(
         self, role: Role | str, brand_id: str | None = None, *, timeout: float | None = None
     ) -> NewApiKey:
-        """See `DiscountClient.create_api_key`."""
+        """Creates a key of `role` ("admin", "brand" or "service"; a brand key needs the `brand_id`
+        of an existing brand, the others none). The result holds the key's secret, which the server
+        never shows again. Not retried on UNAVAILABLE, so a retry cannot leave a second key behind."""
         request = _admin.create_api_key_request(role, brand_id)
         return _admin.new_api_key(await self._call("CreateApiKey", request, timeout, self._admin_stub))
 
     async def revoke_api_key(self, key_id: str, *, timeout: float | None = None) -> ApiKey:
-        """See `DiscountClient.revoke_api_key`."""
+        """Revokes a key; every server refuses it within DISCOUNT_KEY_CACHE_SECONDS (this one at
+        once). Revoking a revoked key returns it unchanged; an unknown key_id raises `NotFound`."""
         request = admin_pb.RevokeApiKeyRequest(key_id=key_id)
         return _admin.api_key_from_proto((await self._call("RevokeApiKey", request, timeout, self._admin_stub)).key)
 
@@ -217,7 +252,8 @@ class AsyncDiscountClient:
         *,
         timeout: float | None = None,
     ) -> ApiKeyPage:
-        """See `DiscountClient.list_api_keys`."""
+        """One page of keys (never their secrets) in key_id order, only `brand_id`'s when given.
+        `iter_api_keys` walks every page."""
         request = _admin.list_api_keys_request(brand_id, page_size, page_token)
         return _admin.api_key_page(await self._call("ListApiKeys", request, timeout, self._admin_stub))
 

@@ -1,4 +1,6 @@
-"""`DiscountClient`: the synchronous client."""
+# Generated from aio.py by scripts/generate_sync_client.py; do not edit.
+# Change aio.py, then run scripts/generate.sh (scripts/check.d/25-sync-client.sh checks it).
+"""`DiscountClient`: the synchronous client (grpc), generated from aio.py."""
 
 from __future__ import annotations
 
@@ -12,29 +14,28 @@ from typing import Any
 import grpc
 
 from discount.v1 import admin_service_pb2 as admin_pb
-from discount.v1 import admin_service_pb2_grpc as admin_pb_grpc
 from discount.v1 import discount_service_pb2 as pb
-from discount.v1 import discount_service_pb2_grpc as pb_grpc
 
 from . import _admin, _common
 from ._admin import ApiKey, ApiKeyPage, Brand, BrandPage, NewApiKey, Role
 from ._common import BrandStats, Claim, ClaimResult, GenerateResult, RetryPolicy, WatchBackoff
-from .errors import DiscountError, InvalidArgument, from_rpc_error
+from ._connectivity import ChannelReadiness
+from .errors import DiscountError, InvalidArgument, from_rpc_error, status_code
 
 log = logging.getLogger("discount_client")
 
-# Called before each watch reconnect with the error that ended the stream, the delay before the
-# next attempt and the last sequence delivered.
 OnDisconnect = Callable[[DiscountError, float, int], None]
 
 
 class DiscountClient:
-    """A typed, synchronous client of `discount.v1.DiscountService` and, with an admin key, of
+    """A typed synchronous client of `discount.v1.DiscountService` and, with an admin key, of
     `discount.v1.AdminService` (brands and API keys).
 
     >>> with DiscountClient("127.0.0.1:50051", api_key) as client:
     ...     result = client.claim_code("acme", "user-42", "user42@example.com")
     ...     print(result.claim.code)
+    ...     for claim in client.watch_claims("acme"):
+    ...         print(claim.sequence, claim.code)
 
     - Every call sends `api_key` as `x-api-key`; every unary call has a deadline
       (`deadline` seconds unless the call passes `timeout`).
@@ -66,8 +67,9 @@ class DiscountClient:
             self._channel = grpc.insecure_channel(address, options=channel_options)
         else:
             self._channel = grpc.secure_channel(address, credentials, options=channel_options)
-        self._stub = pb_grpc.DiscountServiceStub(self._channel)  # type: ignore[no-untyped-call]
-        self._admin_stub = admin_pb_grpc.AdminServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._readiness = ChannelReadiness(self._channel)
+        self._stub = _common.discount_stub(self._channel)
+        self._admin_stub = _admin.admin_stub(self._channel)
 
     def close(self) -> None:
         """Closes the channel; a `watch_claims` iterator in progress then simply ends."""
@@ -84,11 +86,14 @@ class DiscountClient:
 
     def _call(self, method: str, request: Any, timeout: float | None, stub: Any = None) -> Any:
         try:
-            return getattr(stub or self._stub, method)(
+            response = getattr(stub or self._stub, method)(
                 request, metadata=self._metadata, timeout=self.deadline if timeout is None else timeout
             )
         except grpc.RpcError as exc:
-            raise from_rpc_error(exc, method) from exc
+            unreached = "" if self._readiness.connected() else self.address
+            raise from_rpc_error(exc, method, unreached_address=unreached) from exc
+        self._readiness.mark_connected()
+        return response
 
     def generate_codes(
         self,
@@ -118,7 +123,8 @@ class DiscountClient:
 
     def get_brand_stats(self, brand_id: str, *, timeout: float | None = None) -> BrandStats:
         """Counts the brand's codes by state."""
-        return _common.brand_stats(self._call("GetBrandStats", pb.GetBrandStatsRequest(brand_id=brand_id), timeout))
+        request = pb.GetBrandStatsRequest(brand_id=brand_id)
+        return _common.brand_stats(self._call("GetBrandStats", request, timeout))
 
     def watch_claims(
         self,
@@ -146,6 +152,8 @@ class DiscountClient:
         cursor = after_sequence
         failures = 0
         while not self._closed:
+            call: Any = None
+            error: DiscountError
             try:
                 call = self._stub.WatchClaims(
                     pb.WatchClaimsRequest(
@@ -155,38 +163,33 @@ class DiscountClient:
                     ),
                     metadata=self._metadata,
                 )
-            except ValueError:  # the channel was closed meanwhile
-                if self._closed:
-                    return
-                raise
-            error: DiscountError
-            try:
                 for response in call:
-                    # A server that predates batching ignores the request and sets `claim`.
                     for claim in response.claims or (response.claim,):
                         if claim.sequence <= cursor:
-                            continue  # never yield twice, whatever the server sends
+                            continue
                         cursor = claim.sequence
                         failures = 0
                         yield _common.claim_from_proto(claim)
                 error = DiscountError("the server ended the stream", code="OK", method="WatchClaims")
+            except ValueError:
+                if self._closed:
+                    return
+                raise
             except grpc.RpcError as exc:
                 if self._closed:
                     return
                 error = from_rpc_error(exc, "WatchClaims")
-                code = exc.code() if isinstance(exc, grpc.Call) else None
-                if code not in _common.WATCH_RECONNECT_CODES:
+                if status_code(exc) not in _common.WATCH_RECONNECT_CODES:
                     raise error from exc
             finally:
-                call.cancel()
+                if call is not None:
+                    call.cancel()
             delay = backoff.delay(failures)
             failures += 1
             log.info("watch of %s interrupted (%s: %s); reconnecting in %.2fs", brand_id, error.code, error, delay)
             if on_disconnect is not None:
                 on_disconnect(error, delay, cursor)
             time.sleep(delay)
-
-    # -- AdminService (admin keys only) ---------------------------------------------------------
 
     def create_brand(self, brand_id: str, display_name: str = "", *, timeout: float | None = None) -> Brand:
         """Creates a brand; `display_name` defaults to the id. Raises `AlreadyExists` if it exists.
@@ -226,12 +229,7 @@ class DiscountClient:
         return _admin.api_key_from_proto(self._call("RevokeApiKey", request, timeout, self._admin_stub).key)
 
     def list_api_keys(
-        self,
-        brand_id: str | None = None,
-        page_size: int = 0,
-        page_token: str = "",
-        *,
-        timeout: float | None = None,
+        self, brand_id: str | None = None, page_size: int = 0, page_token: str = "", *, timeout: float | None = None
     ) -> ApiKeyPage:
         """One page of keys (never their secrets) in key_id order, only `brand_id`'s when given.
         `iter_api_keys` walks every page."""

@@ -104,7 +104,8 @@ class Unavailable(DiscountError):
 
 
 class DeadlineExceeded(DiscountError):
-    """DEADLINE_EXCEEDED: the call did not finish within its deadline."""
+    """DEADLINE_EXCEEDED: the call did not finish within its deadline. When the client had not
+    connected to the server by then, the message says that the server could not be reached."""
 
 
 # The service's reasons (ErrorInfo.reason in domain discount.v1) that have a class of their own.
@@ -139,6 +140,11 @@ _BY_STATUS: dict[grpc.StatusCode, type[DiscountError]] = {
 _TOO_LARGE = re.compile(r"message larger than max", re.IGNORECASE)
 
 
+def status_code(error: grpc.RpcError) -> grpc.StatusCode | None:
+    """The status code of a failed call; None for an RpcError that is not a call's."""
+    return error.code() if isinstance(error, grpc.Call | grpc.aio.AioRpcError) else None
+
+
 def _details(error: grpc.RpcError) -> Status | None:
     """The google.rpc.Status the server sent in the `grpc-status-details-bin` trailer, if any and
     if it describes this very status."""
@@ -151,9 +157,13 @@ def _details(error: grpc.RpcError) -> Status | None:
     return status
 
 
-def from_rpc_error(error: grpc.RpcError, method: str) -> DiscountError:
-    """The documented exception for a failed call, carrying the server's message, reason and field."""
-    code: grpc.StatusCode | None = error.code() if isinstance(error, grpc.Call | grpc.aio.AioRpcError) else None
+def from_rpc_error(error: grpc.RpcError, method: str, *, unreached_address: str = "") -> DiscountError:
+    """The documented exception for a failed call, carrying the server's message, reason and field.
+
+    `unreached_address` is the server's address when the client's channel has not connected to it:
+    a deadline that gRPC enforced itself then says so, since gRPC's own message ("Deadline
+    Exceeded") does not tell a server that is down from one that is slow."""
+    code = status_code(error)
     details: str | None = error.details() if isinstance(error, grpc.Call | grpc.aio.AioRpcError) else None
     name = code.name if code is not None else "UNKNOWN"
     message = details or f"{method} failed with {name}"
@@ -172,4 +182,6 @@ def from_rpc_error(error: grpc.RpcError, method: str) -> DiscountError:
         cls = RequestTooLarge
     else:
         cls = _BY_STATUS.get(code, DiscountError) if code is not None else DiscountError
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED and not reason and unreached_address:
+        message += f": the server at {unreached_address} could not be reached (the client has not connected to it)"
     return cls(message, code=name, method=method, reason=reason, field=field, metadata=metadata)

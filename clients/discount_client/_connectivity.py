@@ -1,0 +1,51 @@
+"""Whether a client's channel has connected to the server: a call that gRPC ends by its deadline
+then says whether the server could be reached (gRPC's own message is "Deadline Exceeded" either
+way). The two kinds of channel tell their state differently, hence one class each; the clients
+call them the same way."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ChannelReadiness:
+    """For a `grpc.Channel`, which tells its state only to a subscriber. A subscription keeps a
+    polling thread busy while it lasts, so it lasts until the first connection: afterwards the
+    channel counts as connected for good."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self._channel = channel
+        self._connected = False
+        channel.subscribe(self._on_state)
+
+    def _on_state(self, state: grpc.ChannelConnectivity) -> None:
+        if state is grpc.ChannelConnectivity.READY:
+            self.mark_connected()
+
+    def mark_connected(self) -> None:
+        """Records that the server answered (a call succeeded), whatever the subscription saw."""
+        if not self._connected:
+            self._connected = True
+            self._channel.unsubscribe(self._on_state)
+
+    def connected(self) -> bool:
+        """Whether the channel has connected since the client was made."""
+        return self._connected
+
+
+class AsyncChannelReadiness:
+    """For a `grpc.aio.Channel`, which tells its state when asked: no subscription, no thread."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._channel = channel
+        self._connected = False
+
+    def mark_connected(self) -> None:
+        """Records that the server answered (a call succeeded)."""
+        self._connected = True
+
+    def connected(self) -> bool:
+        """Whether the channel is connected now or was when a call succeeded."""
+        if not self._connected:
+            self._connected = self._channel.get_state() is grpc.ChannelConnectivity.READY
+        return self._connected
