@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -28,6 +29,28 @@ async def _collect(stream: grpc.aio.UnaryStreamCall, until: int, timeout: float 
     return claims
 
 
+async def _until(condition: Callable[[], Awaitable[bool]], what: str, timeout: float = 30) -> None:
+    """Polls `condition` until it holds; fails naming `what` if it does not within `timeout` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await condition():
+        assert loop.time() < deadline, f"no {what} within {timeout:g}s"
+        await asyncio.sleep(0.05)
+
+
+# A claim in the database, still running (queued behind another's feed head), and a poll of the
+# feed heads that started after it: by then a watcher that could move past a missing sequence would.
+_CLAIM_WAITING_AND_POLLED_SINCE = """
+SELECT EXISTS (
+    SELECT FROM pg_stat_activity AS claim, pg_stat_activity AS poll
+    WHERE claim.datname = current_database() AND poll.datname = current_database()
+      AND claim.pid <> pg_backend_pid() AND poll.pid <> pg_backend_pid()
+      AND claim.state = 'active' AND claim.query LIKE '%discount_claim%'
+      AND poll.query LIKE '%brand_feed_heads%' AND poll.query_start > claim.query_start
+)
+"""
+
+
 async def test_watcher_sees_1500_concurrent_claims_exactly_once_then_resumes_from_the_middle(
     server: ServerHandle,
 ) -> None:
@@ -37,7 +60,7 @@ async def test_watcher_sees_1500_concurrent_claims_exactly_once_then_resumes_fro
     async with channel:
         live = stub.WatchClaims(pb.WatchClaimsRequest(brand_id="flash"), metadata=server.metadata())
         watching = asyncio.create_task(_collect(live, 1500))
-        await asyncio.sleep(0.3)  # the watcher is attached before the sale starts
+        await live.initial_metadata()  # the stream is open (the server sends headers then) before the sale starts
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(1500):
             queue.put_nowait(i)
@@ -108,7 +131,14 @@ async def test_out_of_order_commits_never_skip_an_event(server: ServerHandle) ->
                 " ARRAY[0::bigint])"
             )
             fast = asyncio.ensure_future(stub.ClaimCode(claim_request("acme", "fast-user"), metadata=server.metadata()))
-            await asyncio.sleep(1.5)  # longer than the feed poll: the watcher must not move past 1
+
+            async def claim_waiting_and_polled_since() -> bool:
+                rows = await asyncio.to_thread(sql, server.database_url, _CLAIM_WAITING_AND_POLLED_SINCE)
+                return bool(rows[0][0])
+
+            await _until(
+                claim_waiting_and_polled_since, "second claim waiting in the database and a feed poll after it"
+            )
             assert not fast.done(), "the second claim must wait for the first's sequence to commit"
             assert not watching.done()
             await slow.commit()
@@ -129,7 +159,7 @@ async def test_two_replicas_share_one_truth(server: ServerHandle) -> None:
         async with chan_a, chan_b:
             stream = stub_a.WatchClaims(pb.WatchClaimsRequest(brand_id="acme"), metadata=server.metadata())
             watching = asyncio.create_task(_collect(stream, 40, timeout=30))
-            await asyncio.sleep(0.3)
+            await stream.initial_metadata()
             replies = await asyncio.gather(
                 *(
                     (stub_a if i % 2 else stub_b).ClaimCode(claim_request("acme", f"u{i}"), metadata=server.metadata())
@@ -174,7 +204,7 @@ async def test_claims_through_two_replicas_at_once_reach_every_watcher_once_in_o
                         return
 
             watching_runs = asyncio.create_task(asyncio.wait_for(read_runs(), 60))
-            await asyncio.sleep(0.3)
+            await asyncio.gather(single.initial_metadata(), runs.initial_metadata())
             users = iter(range(600))
             acknowledged: dict[str, str] = {}
 
@@ -204,13 +234,17 @@ async def test_one_listen_connection_serves_many_watchers(server: ServerHandle) 
             for b in ("acme", "globex")
             for _ in range(25)
         ]
-        await asyncio.sleep(1.0)
-        listeners = sql(
-            server.database_url,
+        await asyncio.gather(*(s.initial_metadata() for s in streams))  # all 50 are open
+        count_listeners = (
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'discount-service-listen'"
-            " AND datname = current_database()",
+            " AND datname = current_database()"
         )
-        assert listeners == [(1,)]
+
+        async def listening() -> bool:
+            return (await asyncio.to_thread(sql, server.database_url, count_listeners))[0][0] > 0
+
+        await _until(listening, "LISTEN connection")
+        assert sql(server.database_url, count_listeners) == [(1,)]
         for s in streams:
             s.cancel()
 
