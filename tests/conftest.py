@@ -17,6 +17,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "both_engines: run on plain PostgreSQL and on a Citus cluster (coordinator + 2 workers)"
     )
+    config.addinivalue_line(
+        "markers", "unit: pure tests with no database or server, seconds in all (tests/unit; `-m unit`)"
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

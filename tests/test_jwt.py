@@ -1,6 +1,7 @@
 """Shopper sign-in: a JWT in `authorization: Bearer …` may only ClaimCode for its own sub (and email).
 
 Every rule is checked on both doors: the gRPC port, and Envoy's gRPC-Web listener that browsers use.
+How the settings make a verifier, and the verifier alone, are in tests/unit/test_jwt_verifier.py.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from discount.v1 import discount_service_pb2 as pb
 from discount.v1 import discount_service_pb2_grpc as pb_grpc
-from discount_service.settings import Settings, SettingsError
-from discount_service.tokens import JwtVerifier
 from tests.browser.support import JWT_SECRET, STATUS_NAMES, Stack, grpc_web_call, module_stack, token
 from tests.support import BIN, ServerHandle, create_brand, generate_codes_sql, in_process_server, sql
 
@@ -240,20 +239,6 @@ async def test_bearer_token_without_jwt_configured_is_unauthenticated(database_u
     assert "not enabled" in message
 
 
-@pytest.mark.parametrize(
-    ("env", "words"),
-    [
-        ({"DISCOUNT_JWT_SECRET": "short"}, "at least 32 bytes"),
-        ({"DISCOUNT_JWT_ALGORITHM": "RS256", "DISCOUNT_JWT_SECRET": JWT_SECRET}, "DISCOUNT_JWT_PUBLIC_KEY"),
-        ({"DISCOUNT_JWT_ALGORITHM": "none", "DISCOUNT_JWT_SECRET": JWT_SECRET}, "is not one of"),
-        ({"DISCOUNT_JWT_ALGORITHM": "RS256", "DISCOUNT_JWT_PUBLIC_KEY": "/nonexistent.pem"}, "/nonexistent.pem"),
-    ],
-)
-def test_bad_jwt_settings_fail_fast_with_a_clear_message(env: dict[str, str], words: str):
-    with pytest.raises(SettingsError, match=words):
-        JwtVerifier.from_settings(Settings.from_env(env))
-
-
 def test_bad_jwt_settings_stop_discount_serve(database_url: str):
     env = {
         **os.environ,
@@ -336,12 +321,6 @@ async def test_leeway_0_refuses_a_token_the_second_it_expires(database_url: str)
         status, message = await claim_status(handle, "strict", bearer(expired_token("strict", 1)))
         assert (status, message) == ("UNAUTHENTICATED", "the bearer token has expired; sign in again")
         assert await claim_status(handle, "strict", bearer(token("strict", "strict@example.com"))) == ("OK", "")
-
-
-def test_the_leeway_setting_reaches_the_verifier():
-    assert JwtVerifier.from_settings(Settings.from_env({"DISCOUNT_JWT_SECRET": JWT_SECRET})).leeway == 5
-    custom = Settings.from_env({"DISCOUNT_JWT_SECRET": JWT_SECRET, "DISCOUNT_JWT_LEEWAY_SECONDS": "1.5"})
-    assert JwtVerifier.from_settings(custom).leeway == 1.5
 
 
 @pytest.mark.parametrize(
