@@ -12,7 +12,7 @@ now and then. Two runs at the same message rate:
 
 Prints the CPU per message of the server process and of the client process (read from /proc, every
 thread counted), the TCP segments per message on loopback, and each run's ratio to the baseline. It
-is the floor under the many-watchers rows of `python -m bench` (docs/performance.md, section 17):
+is the floor under the many-watchers rows of `python -m bench` (docs/performance.md):
 whatever the feed does, each watched claim costs at least this much on each end.
 """
 

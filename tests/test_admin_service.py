@@ -1,6 +1,6 @@
 """discount.v1.AdminService through real servers on real ports, the real grpcurl (by reflection) and
 discount_client: the auth matrix of every RPC, every bad input, pagination over 2,500 brands, page
-tokens that were not issued, revoked keys refused, secrets never logged, and the README's commands."""
+tokens that were not issued, revoked keys refused, secrets never logged, and the commands of docs/admin.md."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import secrets
 import subprocess
 from datetime import datetime
@@ -34,7 +35,7 @@ from discount_client import (
 )
 from discount_service.admin import PageTokens
 from discount_service.tokens import mint_token
-from tests.readme_support import README_ADDRESS, code_blocks, readme_section, shell_commands
+from tests.readme_support import README_ADDRESS, code_blocks, readme_section
 from tests.support import (
     BIN,
     ServerHandle,
@@ -715,45 +716,42 @@ async def test_secrets_never_reach_the_server_log_and_the_cli_sees_the_same_keys
 # -- the README ------------------------------------------------------------------------------
 
 
-def readme_onboarding() -> tuple[list[str], str]:
+def readme_onboarding() -> tuple[str, str]:
     section = readme_section("Onboarding over RPC (AdminService)")
-    commands = [c for block in code_blocks(section, "sh") for c in shell_commands(block)]
+    (commands,) = code_blocks(section, "sh")
     (python,) = code_blocks(section, "python")
     return commands, python
 
 
 async def test_the_readme_onboarding_commands_work_as_written(server: ServerHandle, tmp_path: Path) -> None:
+    """The shell block runs as one script, as a reader pastes it: KEY_ID comes from CreateApiKey's reply."""
     commands, python = readme_onboarding()
-    assert [c.split("AdminService/")[-1] for c in commands] == [
-        "CreateBrand",
-        "CreateApiKey",
-        "ListBrands",
-        "ListApiKeys",
-        "RevokeApiKey",
-    ]
+    calls = re.findall(r"AdminService/(\w+)", commands)
+    assert calls == ["CreateBrand", "CreateApiKey", "ListBrands", "ListApiKeys", "RevokeApiKey"]
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "ADMIN_KEY": server.admin_key}
-
-    async def run(command: str) -> dict[str, Any]:
-        proc = await asyncio.create_subprocess_exec(
-            "bash", "-c", command.replace(README_ADDRESS, server.address), env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        out, err = await asyncio.wait_for(proc.communicate(), 30)
-        assert proc.returncode == 0, f"{command}\n{err.decode()}"
-        return dict(json.loads(out))
+    env.pop("KEY_ID", None)
 
     create_brand(server.database_url, "acme")
-    results = {}
-    for command in commands:
-        name = command.split("AdminService/")[-1]
-        results[name] = await run(command)
-        if name == "CreateApiKey":
-            env["KEY_ID"] = results[name]["key"]["key_id"]
+    proc = await asyncio.create_subprocess_exec(
+        "bash", "-c", "set -euo pipefail\n" + commands.replace(README_ADDRESS, server.address), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    printed: list[dict[str, Any]] = []
+    decoder, text = json.JSONDecoder(), out.decode().strip()
+    while text:
+        value, end = decoder.raw_decode(text)
+        printed.append(value)
+        text = text[end:].strip()
+    results = dict(zip(calls, printed, strict=True))
     assert results["CreateBrand"]["brand"]["display_name"] == "Globex Corp."
     secret = results["CreateApiKey"]["secret"]
+    key_id = results["CreateApiKey"]["key"]["key_id"]
     assert results["CreateApiKey"]["key"]["brand_id"] == "globex"
     assert [b["brand_id"] for b in results["ListBrands"]["brands"]] == ["acme", "globex"]
-    assert [k["key_id"] for k in results["ListApiKeys"]["keys"]] == [env["KEY_ID"]]
+    assert [k["key_id"] for k in results["ListApiKeys"]["keys"]] == [key_id]
+    assert results["RevokeApiKey"]["key"]["key_id"] == key_id
     assert results["RevokeApiKey"]["key"]["revoked_at"]
     async with AsyncDiscountClient(server.address, secret) as brand:
         with pytest.raises(Unauthenticated):

@@ -313,7 +313,7 @@ def test_the_feed_reads_one_shard_and_generation_copies_to_one(citus_databases: 
 
 
 def test_the_readme_cluster_command_runs_a_cluster_that_discount_migrate_distributes() -> None:
-    """README, "Running on Citus": the command prints the coordinator's URL, `discount migrate`
+    """docs/scaling.md, "Running on Citus": the command prints the coordinator's URL, `discount migrate`
     against it distributes the tables, and Enter stops the cluster."""
     block = next(b for b in code_blocks(readme_section("Running on Citus"), "sh") if "CitusCluster" in b)
     command = block[block.index(".venv/bin/python -c") :]

@@ -1,5 +1,5 @@
 """Envoy's gRPC-Web listener (deploy/envoy/envoy.yaml) with real HTTP requests: CORS, long streams, the
-upstream health check, and the README's curl example."""
+upstream health check, and the curl example of docs/browsers.md."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from tests.browser.support import (
     running_stack,
     token,
 )
+from tests.readme_support import readme_section
 from tests.support import (
     BIN,
     ROOT,
@@ -116,8 +117,7 @@ def test_paths_other_than_the_service_are_404(stack: Stack):
 
 
 def test_readme_grpc_web_curl_example_works(stack: Stack):
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Browsers (gRPC-Web through Envoy)", 1)[1]
+    section = readme_section("Browsers (gRPC-Web through Envoy)")
     blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
     curl = next(block for block in blocks if "application/grpc-web+proto" in block)
     assert "http://127.0.0.1:8081" in curl

@@ -9,7 +9,7 @@
             ...
 
 `AsyncDiscountClient` is the same for asyncio. With an admin key both also manage brands and API
-keys (`discount.v1.AdminService`). See README.md, "Python client" and "Onboarding over RPC".
+keys (`discount.v1.AdminService`). See README.md, "Python client", and docs/admin.md.
 """
 
 from ._admin import ApiKey, ApiKeyPage, Brand, BrandPage, NewApiKey, Role

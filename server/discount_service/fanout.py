@@ -83,7 +83,7 @@ class FanoutBudget:
         FANOUT_BUDGET_CLAIMS_SECONDS from now, whichever is first, with the tokens the claims added
         meanwhile. Rounds, not a release per claim: the messages of a round go out back to back,
         which costs a fraction of the CPU of the same messages sent one by one between claims
-        (docs/performance.md, section 16)."""
+        (docs/performance.md)."""
         if self._timer is not None or not self._waiters:
             return
         now = self._loop.time()

@@ -130,7 +130,7 @@ export function setupLiveView(client: DiscountClient, brand: string): void {
       let detail = "";
       try {
         // Runs of claims per message: in a flash sale the server sends a page a few messages a
-        // second instead of one per claim (docs/performance.md, sections 9 and 11).
+        // second instead of one per claim (docs/performance.md).
         const stream = client.watchClaims(
           { brandId, afterSequence: lastSequence, maxClaimsPerResponse: CLAIMS_PER_MESSAGE },
           { headers: { "x-api-key": key }, signal },
