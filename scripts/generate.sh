@@ -18,7 +18,8 @@ trap 'rm -rf "$py_out"' EXIT
   --pyi_out="$py_out" \
   --grpc_python_out="$py_out" \
   protos/discount/v1/discount_service.proto \
-  protos/discount/v1/admin_service.proto
+  protos/discount/v1/admin_service.proto \
+  protos/discount/v1/webhook_service.proto
 for stale in clients/discount/v1/*_pb2*.py clients/discount/v1/*_pb2*.pyi; do
   [ -e "$py_out/discount/v1/$(basename "$stale")" ] || rm -f "$stale"
 done

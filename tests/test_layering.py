@@ -13,7 +13,18 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVICE = ROOT / "server" / "discount_service"
 
 # The modules of each layer of discount_service (package-relative names).
-TRANSPORT = {"servicer", "admin_servicer", "encoding", "app", "serving", "workers", "metrics"}
+TRANSPORT = {
+    "servicer",
+    "admin_servicer",
+    "encoding",
+    "app",
+    "serving",
+    "workers",
+    "metrics",
+    "webhook_servicer",
+    "webhook_delivery",
+    "webhook_http",
+}
 DOMAIN = {
     "service",
     "admin",
@@ -26,6 +37,7 @@ DOMAIN = {
     "codes",
     "models",
     "errors",
+    "webhooks",
 }
 STORE = {"store", "embedded"}
 SHARED = {"settings", "logs", "eventloop", "__init__"}

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from discount.v1 import admin_service_pb2 as admin_pb
 from discount.v1 import discount_service_pb2 as pb
+from discount.v1 import webhook_service_pb2 as webhook_pb
 
 from .admin import AdminService
 from .admin_servicer import ADMIN_SERVICE_NAME, AdminServicer, add_admin_to_server
@@ -25,6 +26,9 @@ from .service import DiscountService
 from .servicer import SERVICE_NAME, CallObserver, DiscountServicer, add_to_server
 from .settings import Settings
 from .store import Store
+from .webhook_delivery import WebhookDeliverer
+from .webhook_servicer import WebhookServicer, add_webhooks_to_server
+from .webhooks import SecretBox, WebhookService
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +67,14 @@ class DiscountServer:
     health: health_aio.HealthServicer
     settings: Settings
     metrics: Metrics | None = None
+    webhooks: WebhookDeliverer | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _on_stop: list[Callable[[], object]] = field(default_factory=list)
 
     async def start(self) -> None:
         await self.feed.start()
+        if self.webhooks is not None:
+            await self.webhooks.start()
         await self.grpc_server.start()
         if self.metrics is not None and self.settings.metrics_listen:
             self.metrics.start(self.settings.metrics_listen)
@@ -103,6 +110,8 @@ class DiscountServer:
             await asyncio.sleep(min(drain, grace / 2))
         for task in self._tasks:
             task.cancel()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         await self.feed.stop()
         await self.grpc_server.stop(grace)
         for hook in self._on_stop:
@@ -174,12 +183,33 @@ async def create_server(
         ),
         server,
     )
+    secret_box: list[SecretBox] = []
+
+    def box() -> SecretBox:  # made on first use: a server without webhooks needs no key
+        if not secret_box:
+            secret_box.append(SecretBox.from_settings(settings.webhook_secret_key, settings.data_dir))
+        return secret_box[0]
+
+    deliverer = WebhookDeliverer(store, feed, settings, box)
+    if metrics is not None:
+        metrics.watch_webhooks(deliverer)
+        deliverer.observer = metrics
+    add_webhooks_to_server(
+        WebhookServicer(
+            WebhookService(store, box, allow_insecure=settings.webhook_allow_insecure, on_change=deliverer.poke),
+            authenticator,
+            default_timeout=settings.default_call_timeout_seconds,
+            observe=observe,
+        ),
+        server,
+    )
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
             pb.DESCRIPTOR.services_by_name["DiscountService"].full_name,
             admin_pb.DESCRIPTOR.services_by_name["AdminService"].full_name,
+            webhook_pb.DESCRIPTOR.services_by_name["WebhookService"].full_name,
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,
         ),
@@ -194,7 +224,7 @@ async def create_server(
         with contextlib.suppress(Exception):
             await store.close()
         raise OSError(f"could not listen on {settings.listen}; is another server using it?")
-    return DiscountServer(server, store, feed, service, health_servicer, settings, metrics), port
+    return DiscountServer(server, store, feed, service, health_servicer, settings, metrics, deliverer), port
 
 
 def _observe_both(first: CallObserver, second: CallObserver) -> CallObserver:

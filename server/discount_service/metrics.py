@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from typing import Protocol
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -29,6 +30,10 @@ from .feed import ClaimFeed
 from .store import Store
 
 log = logging.getLogger(__name__)
+
+
+class WebhookLag(Protocol):
+    def lag(self) -> list[tuple[str, str, float]]: ...
 
 # Claims take about 1-50 ms; watch streams last up to hours.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 300.0, 3600.0)
@@ -57,6 +62,14 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily(
             "discount_watchers_connected", "Open WatchClaims streams in this process", value=m.feed.watcher_count
         )
+        lag = GaugeMetricFamily(
+            "discount_webhook_lag_seconds",
+            "Age of the oldest claim a webhook delivered by this process has not had acknowledged (0: up to date)",
+            labels=["webhook_id", "brand_id"],
+        )
+        for webhook_id, brand_id, seconds in m.webhooks.lag() if m.webhooks is not None else ():
+            lag.add_metric([webhook_id, brand_id], seconds)
+        yield lag
         stats = m.store.pool_stats()
         size = stats.get("pool_size", 0)
         idle = stats.get("pool_available", 0)
@@ -91,6 +104,16 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._webhook_attempts = Counter(
+            "discount_webhook_deliveries",
+            "Webhook delivery attempts, by result: success (2xx), failure (retried), gone (410, disabled)",
+            ["result"],
+            registry=self.registry,
+        )
+        self._webhook_retries = Counter(
+            "discount_webhook_retries", "Webhook delivery attempts that repeated a failed one", registry=self.registry
+        )
+        self.webhooks: WebhookLag | None = None
         self.registry.register(_StateCollector(self))
         self._cache_seconds = cache_seconds
         self._available: list[tuple[str, int]] = []
@@ -105,6 +128,16 @@ class Metrics:
         """The servicer's CallObserver."""
         self._calls.labels(method, status).inc()
         self._latency.labels(method, status).observe(seconds)
+
+    def watch_webhooks(self, deliverer: WebhookLag) -> None:
+        """Reports the lag of the deliverer's webhooks (its attempts come through `attempt`)."""
+        self.webhooks = deliverer
+
+    def attempt(self, result: str, retry: bool) -> None:
+        """A webhook delivery attempt (webhook_delivery.DeliveryObserver)."""
+        self._webhook_attempts.labels(result).inc()
+        if retry:
+            self._webhook_retries.inc()
 
     def codes_available(self) -> list[tuple[str, int]]:
         """Per brand, cached for `cache_seconds`; on a database error, the last values."""

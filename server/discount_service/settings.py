@@ -53,6 +53,15 @@ def _seconds(env: Mapping[str, str], name: str, default: float, maximum: float) 
     return value
 
 
+def _switch(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(f"{name}={raw!r} must be 1 (on) or 0 (off)")
+
+
 # More skew than this between a sign-in service and this server is a broken clock, not a setting.
 MAX_JWT_LEEWAY_SECONDS = 300.0
 
@@ -91,6 +100,12 @@ class Settings:
     # Clock skew tolerated on a shopper token's exp (and nbf/iat): it works this long after it expired.
     jwt_leeway_seconds: float = 5.0
     log_level: str = "INFO"
+    # Webhooks (webhook_delivery.py; README, "Webhooks").
+    webhook_secret_key: str | None = field(default=None, repr=False)
+    webhook_allow_insecure: bool = False
+    webhook_retry_base_seconds: float = 5.0
+    webhook_retry_period_seconds: float = 259200.0
+    webhook_timeout_seconds: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -141,4 +156,13 @@ class Settings:
                 env, "DISCOUNT_JWT_LEEWAY_SECONDS", cls.jwt_leeway_seconds, MAX_JWT_LEEWAY_SECONDS
             ),
             log_level=(env.get("DISCOUNT_LOG_LEVEL") or cls.log_level).upper(),
+            webhook_secret_key=env.get("DISCOUNT_WEBHOOK_SECRET_KEY") or None,
+            webhook_allow_insecure=_switch(env, "DISCOUNT_WEBHOOK_ALLOW_INSECURE"),
+            webhook_retry_base_seconds=_float(
+                env, "DISCOUNT_WEBHOOK_RETRY_BASE_SECONDS", cls.webhook_retry_base_seconds
+            ),
+            webhook_retry_period_seconds=_float(
+                env, "DISCOUNT_WEBHOOK_RETRY_PERIOD_SECONDS", cls.webhook_retry_period_seconds
+            ),
+            webhook_timeout_seconds=_float(env, "DISCOUNT_WEBHOOK_TIMEOUT_SECONDS", cls.webhook_timeout_seconds),
         )

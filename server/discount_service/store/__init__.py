@@ -21,6 +21,7 @@ from ._migrations import (
     split_statements,
 )
 from ._queries import QUERIES
+from ._webhooks import AttemptOutcome, AttemptRow, DeliveryState, ScannedWebhook, WebhookLocks, WebhookRow, Webhooks
 
 __all__ = [
     "CITUS_DISTRIBUTED_FUNCTIONS",
@@ -28,6 +29,12 @@ __all__ = [
     "CITUS_REFERENCE_TABLES",
     "GENERATION_CHUNK",
     "QUERIES",
+    "AttemptOutcome",
+    "AttemptRow",
+    "DeliveryState",
+    "ScannedWebhook",
+    "WebhookLocks",
+    "WebhookRow",
     "BatchRow",
     "ClaimItem",
     "ClaimRow",
@@ -39,5 +46,5 @@ __all__ = [
 ]
 
 
-class Store(Claims, Feed, Admin, Generation, Migrations):
+class Store(Claims, Feed, Admin, Generation, Migrations, Webhooks):
     """Async access to PostgreSQL through one connection pool, plus one LISTEN connection."""
