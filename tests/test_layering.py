@@ -40,7 +40,7 @@ DOMAIN = {
     "webhooks",
 }
 STORE = {"store", "embedded"}
-SHARED = {"settings", "logs", "eventloop", "__init__"}
+SHARED = {"settings", "logs", "eventloop", "deadline", "__init__"}
 
 
 def _modules(package_dir: Path, package: str) -> dict[str, Path]:

@@ -147,6 +147,7 @@ async def create_server(
     if settings.metrics_listen:
         metrics = Metrics(store, feed)
         observe = metrics.observe if observe is None else _observe_both(observe, metrics.observe)
+    observe = _counting_refused_calls(store, observe)
 
     jwt_verifier = None
     if settings.jwt_secret or settings.jwt_public_key:
@@ -233,3 +234,15 @@ def _observe_both(first: CallObserver, second: CallObserver) -> CallObserver:
         second(method, status, seconds)
 
     return observe
+
+
+def _counting_refused_calls(store: Store, observe: CallObserver | None) -> CallObserver:
+    """The store counts the calls answered UNAVAILABLE during an outage, for the log line that ends it."""
+
+    def observed(method: str, status: str, seconds: float) -> None:
+        if status == "UNAVAILABLE":
+            store.count_refused_call()
+        if observe is not None:
+            observe(method, status, seconds)
+
+    return observed

@@ -18,10 +18,14 @@ trip and one flush for all of them (docs/design.md#group-commit).
   transactions of this process never hold locks of the same brand: they never wait for each other,
   and a stalled brand holds up only its lane. Inside a transaction the function takes its locks
   in one global order, so transactions of other servers cannot deadlock with it either.
-- Every claim gets the same answer it would have got alone. If a transaction fails as a whole (say
-  one item holds a value the database refuses), its claims are retried one by one, so one bad
-  claim fails alone. A caller that gave up (deadline, cancel) before its batch left is not claimed
-  for.
+- Every claim gets the same answer it would have got alone. If a transaction fails as a whole
+  because one item holds a value the database refuses, its claims are retried one by one, so one
+  bad claim fails alone. If it fails because the database is unavailable, every claim of it fails
+  at once with that error: alone they would only wait for it again. A caller that gave up
+  (deadline, cancel) before its batch left is not claimed for.
+- A caller waits for its batch only until shortly before its call's deadline (deadline.py): then
+  it is told UNAVAILABLE, and retries, since a claim is idempotent per brand and user. A batch
+  serves many callers, so it runs without any one caller's deadline.
 - On a Citus cluster (`store.claims_span_brands` false) a call must stay on the one node that holds
   its brand, so a transaction's claims go as one call per brand, all at once: each brand's still
   share a commit, on its node.
@@ -39,7 +43,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import errors
+from . import deadline, errors
 from .models import Claim, ClaimOutcome
 from .store import ClaimItem, ClaimRow, Store
 
@@ -86,7 +90,18 @@ class ClaimBatcher:
         self._lanes[lane].append(_Pending(brand_id, user_id, email, future))
         self._waiting.setdefault(lane, None)
         self._maybe_start()
-        return await future
+        budget = deadline.wait_budget()
+        if budget is None:
+            return await future
+        try:
+            # On timeout the future is cancelled, as when the caller cancels: a batch that has not
+            # left yet drops the claim.
+            return await asyncio.wait_for(future, budget)
+        except TimeoutError:
+            raise errors.Unavailable(
+                "the database did not answer before the call's deadline; retry",
+                retry_after_seconds=self._store.retry_after_seconds,
+            ) from None
 
     def _maybe_start(self) -> None:
         """Starts a transaction if none runs, or if every one in flight has stalled."""
@@ -102,7 +117,9 @@ class ClaimBatcher:
             if not lanes:
                 return  # every waiting claim is in a lane that is in a transaction already
             self._started.append(loop.time())
-            task = loop.create_task(self._transaction(batch, lanes, self._started[-1]))
+            task = loop.create_task(
+                self._transaction(batch, lanes, self._started[-1]), context=deadline.without_call_deadline()
+            )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -173,7 +190,12 @@ class ClaimBatcher:
             return
         try:
             rows = await self._store.claim_codes([self._item(p) for p in batch])
-        except Exception as exc:  # noqa: BLE001 - any failure: isolate it by claiming one by one
+        except errors.Unavailable as exc:
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - a value the database refused: isolate it by claiming one by one
             log.info("claim batch of %d failed (%s); claiming one by one", len(batch), type(exc).__name__)
             await asyncio.gather(*(self._one(p) for p in batch))
             return

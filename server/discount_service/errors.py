@@ -92,3 +92,36 @@ class Unavailable(DiscountError):
     """The database is unreachable; the call changed nothing it acknowledged and may be retried."""
 
     reason = "DATABASE_UNAVAILABLE"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: dict[str, str] | None = None,
+        retry_after_seconds: float | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        # How soon asking again may help (google.rpc.RetryInfo): the store sets it to when its
+        # probe tries the database next. None: retry with the usual backoff.
+        self.retry_after_seconds = retry_after_seconds
+
+
+class Throttled(DiscountError):
+    """The call was refused before any work, to protect the server; retry after `retry_after_seconds`."""
+
+    def __init__(self, message: str, *, retry_after_seconds: float, metadata: dict[str, str] | None = None) -> None:
+        super().__init__(message, metadata=metadata)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class RateLimited(Throttled):
+    """Too many failed authentications from the caller's host."""
+
+    reason = "RATE_LIMITED"
+
+
+class Overloaded(Throttled):
+    """The server is at its limit of calls in flight or open streams."""
+
+    reason = "OVERLOADED"

@@ -13,14 +13,15 @@ from datetime import UTC
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
-from google.rpc.error_details_pb2 import BadRequest, ErrorInfo
+from google.rpc.error_details_pb2 import BadRequest, ErrorInfo, RetryInfo
 from google.rpc.status_pb2 import Status
 from grpc_status import rpc_status
 
 from discount.v1 import discount_service_pb2 as pb
 
-from . import errors
+from . import deadline, errors
 from .auth import Authenticator
 from .encoding import EncodedClaims, claim_to_proto
 from .models import Principal
@@ -39,6 +40,7 @@ STATUS_FOR_ERROR: dict[type[errors.DiscountError], grpc.StatusCode] = {
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.Throttled: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
@@ -57,6 +59,8 @@ class Failure:
     reason: str
     field: str = ""
     metadata: dict[str, str] = dataclasses.field(default_factory=dict)
+    # When asking again may help (google.rpc.RetryInfo): an open breaker, a throttle, an overload.
+    retry_after_seconds: float | None = None
 
     def status(self) -> Status:
         """The google.rpc.Status that travels in the `grpc-status-details-bin` trailer."""
@@ -67,6 +71,10 @@ class Failure:
         if self.code is grpc.StatusCode.INVALID_ARGUMENT or self.field:
             violation = BadRequest.FieldViolation(field=self.field, description=self.message, reason=self.reason)
             status.details.add().Pack(BadRequest(field_violations=[violation]))
+        if self.retry_after_seconds is not None:
+            delay = Duration()
+            delay.FromNanoseconds(round(self.retry_after_seconds * 1e9))
+            status.details.add().Pack(RetryInfo(retry_delay=delay))
         return status
 
     async def abort(self, context: Context) -> NoReturn:
@@ -78,15 +86,22 @@ class Failure:
 
 
 def status_for(method: str, exc: Exception) -> Failure:
-    """How a call that raised `exc` answers, unary and streaming alike. Logs what an operator must
-    see: an outage as a warning, an unexpected error in full."""
+    """How a call that raised `exc` answers, unary and streaming alike. Logs an unexpected error in
+    full; an outage is the store's to log, once per outage, not once per call."""
     if isinstance(exc, errors.DiscountError):
         # The most specific mapped class: IdempotencyKeyReused is a FailedPrecondition.
         mapped = (STATUS_FOR_ERROR.get(cls) for cls in type(exc).__mro__)
         code = next((c for c in mapped if c is not None), grpc.StatusCode.INTERNAL)
-        if code is grpc.StatusCode.UNAVAILABLE:
-            log.warning("%s unavailable: %s", method, exc.__cause__ or exc)
-        return Failure(code, str(exc), exc.reason, getattr(exc, "field", ""), exc.metadata)
+        if code is grpc.StatusCode.UNAVAILABLE and log.isEnabledFor(logging.DEBUG):
+            log.debug("%s unavailable: %s", method, exc.__cause__ or exc)
+        return Failure(
+            code,
+            str(exc),
+            exc.reason,
+            getattr(exc, "field", ""),
+            exc.metadata,
+            getattr(exc, "retry_after_seconds", None),
+        )
     if isinstance(exc, TimeoutError):
         return Failure(
             grpc.StatusCode.DEADLINE_EXCEEDED, f"{method} did not finish within its deadline", "DEADLINE_EXCEEDED"
@@ -164,7 +179,8 @@ class CallHandling:
             if timeout is None or timeout > self._default_timeout:
                 timeout = self._default_timeout
             async with asyncio.timeout(timeout):
-                return await handler(await self._principal(context))
+                with deadline.call_deadline(timeout):
+                    return await handler(await self._principal(context))
         except Exception as exc:  # noqa: BLE001 - every failure gets a status; status_for logs the unexpected
             failure = status_for(method, exc)
             await failure.abort(context)
