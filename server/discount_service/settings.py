@@ -34,9 +34,19 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name}={raw!r} is not a number") from None
-    if value <= 0:
-        raise SettingsError(f"{name}={value} must be positive")
+    if not math.isfinite(value) or value <= 0:
+        raise SettingsError(f"{name}={raw!r} must be a positive, finite number")
     return value
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in LOG_LEVELS:
+        raise SettingsError(f"DISCOUNT_LOG_LEVEL={raw!r} must be one of {', '.join(LOG_LEVELS)}")
+    return level
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float, maximum: float) -> float:
@@ -60,6 +70,22 @@ def _switch(env: Mapping[str, str], name: str) -> bool:
     if raw in ("1", "true", "yes", "on"):
         return True
     raise SettingsError(f"{name}={raw!r} must be 1 (on) or 0 (off)")
+
+
+def _nats_stream(name: str) -> str:
+    if any(c in name for c in " \t\r\n.*>/\\") or not name.isprintable():
+        raise SettingsError(f"DISCOUNT_NATS_STREAM={name!r} must be a JetStream stream name: no spaces, '.', '*', '>', '/'")
+    return name
+
+
+def _nats_prefix(prefix: str) -> str:
+    tokens = prefix.split(".")
+    if any(not t or t in ("*", ">") or not t.isprintable() or any(c.isspace() for c in t) for t in tokens):
+        raise SettingsError(
+            f"DISCOUNT_NATS_SUBJECT_PREFIX={prefix!r} must be NATS subject tokens joined by '.', "
+            "without spaces or wildcards, e.g. discount.claims"
+        )
+    return prefix
 
 
 # More skew than this between a sign-in service and this server is a broken clock, not a setting.
@@ -106,6 +132,10 @@ class Settings:
     webhook_retry_base_seconds: float = 5.0
     webhook_retry_period_seconds: float = 259200.0
     webhook_timeout_seconds: float = 10.0
+    # The NATS JetStream relay of every claim (relay.py; README, "NATS relay"); no URL, no relay.
+    nats_url: str | None = None
+    nats_stream: str = "DISCOUNT_CLAIMS"
+    nats_subject_prefix: str = "discount.claims"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -155,7 +185,7 @@ class Settings:
             jwt_leeway_seconds=_seconds(
                 env, "DISCOUNT_JWT_LEEWAY_SECONDS", cls.jwt_leeway_seconds, MAX_JWT_LEEWAY_SECONDS
             ),
-            log_level=(env.get("DISCOUNT_LOG_LEVEL") or cls.log_level).upper(),
+            log_level=_log_level(env.get("DISCOUNT_LOG_LEVEL") or cls.log_level),
             webhook_secret_key=env.get("DISCOUNT_WEBHOOK_SECRET_KEY") or None,
             webhook_allow_insecure=_switch(env, "DISCOUNT_WEBHOOK_ALLOW_INSECURE"),
             webhook_retry_base_seconds=_float(
@@ -165,4 +195,7 @@ class Settings:
                 env, "DISCOUNT_WEBHOOK_RETRY_PERIOD_SECONDS", cls.webhook_retry_period_seconds
             ),
             webhook_timeout_seconds=_float(env, "DISCOUNT_WEBHOOK_TIMEOUT_SECONDS", cls.webhook_timeout_seconds),
+            nats_url=env.get("DISCOUNT_NATS_URL") or None,
+            nats_stream=_nats_stream(env.get("DISCOUNT_NATS_STREAM") or cls.nats_stream),
+            nats_subject_prefix=_nats_prefix(env.get("DISCOUNT_NATS_SUBJECT_PREFIX") or cls.nats_subject_prefix),
         )
