@@ -49,6 +49,7 @@ class Receiver:
     requests: list[Received] = field(default_factory=list)
     scripts: dict[str, deque[tuple[int, dict[str, str], float]]] = field(default_factory=lambda: defaultdict(deque))
     hang: set[str] = field(default_factory=set)
+    slow: dict[str, float] = field(default_factory=dict)  # path -> seconds every answer takes
     in_flight: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     most_in_flight: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     port: int = 0
@@ -75,6 +76,7 @@ class Receiver:
             if path in self.hang:
                 await asyncio.sleep(3600)
             status, headers, delay = self.scripts[path].popleft() if self.scripts[path] else (200, {}, 0.0)
+            delay = delay or self.slow.get(path, 0.0)
             if delay:
                 await asyncio.sleep(delay)
             return web.Response(status=status, headers=headers, text="ok")
@@ -115,6 +117,11 @@ class Receiver:
 # -- calling the server as a brand's engineer would --------------------------------------------
 
 WEBHOOK_KEY = base64.b64encode(b"webhook tests key, 32 bytes long").decode()
+FAST_ENV = {
+    "DISCOUNT_WEBHOOK_ALLOW_INSECURE": "1",
+    "DISCOUNT_WEBHOOK_RETRY_BASE_SECONDS": "0.05",
+    "DISCOUNT_WEBHOOK_SECRET_KEY": WEBHOOK_KEY,
+}
 FAST = {
     "webhook_allow_insecure": True,
     "webhook_retry_base_seconds": 0.05,
