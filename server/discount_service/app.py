@@ -22,6 +22,7 @@ from .admin_servicer import ADMIN_SERVICE_NAME, AdminServicer, add_admin_to_serv
 from .auth import Authenticator
 from .feed import ClaimFeed
 from .metrics import Metrics
+from .revocation import KeyRevocations
 from .service import DiscountService
 from .servicer import SERVICE_NAME, CallObserver, DiscountServicer, add_to_server
 from .settings import Settings
@@ -142,7 +143,8 @@ async def create_server(
     await store.migrate()
     await store.open(wait=True)
     feed = ClaimFeed(store, poll_seconds=settings.feed_poll_seconds)
-    service = DiscountService(store, feed)
+    key_revocations = KeyRevocations(store.active_key_ids, check_seconds=settings.key_cache_seconds)
+    service = DiscountService(store, feed, key_revocations)
     metrics = None
     if settings.metrics_listen:
         metrics = Metrics(store, feed)
@@ -155,7 +157,10 @@ async def create_server(
 
         jwt_verifier = JwtVerifier.from_settings(settings)
     authenticator = Authenticator(
-        store.find_api_key, cache_seconds=settings.key_cache_seconds, jwt_verifier=jwt_verifier
+        store.find_api_key,
+        cache_seconds=settings.key_cache_seconds,
+        jwt_verifier=jwt_verifier,
+        key_revocations=key_revocations,
     )
 
     options = [
@@ -171,7 +176,11 @@ async def create_server(
     server = grpc.aio.server(options=options)
     add_to_server(
         DiscountServicer(
-            service, authenticator, default_timeout=settings.default_call_timeout_seconds, observe=observe
+            service,
+            authenticator,
+            default_timeout=settings.default_call_timeout_seconds,
+            observe=observe,
+            max_message_bytes=settings.max_message_bytes,
         ),
         server,
     )

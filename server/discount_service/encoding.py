@@ -7,10 +7,36 @@ made here, so a claim that many watchers stream is encoded once, not once per wa
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 from discount.v1 import discount_service_pb2 as pb
 
 from .models import Claim
+
+
+def cut_runs(
+    sizes: Sequence[int], *, max_items: int, max_bytes: int, envelope: int = 0, separator: int = 0
+) -> list[tuple[int, int]]:
+    """Cuts items of these encoded sizes, in order, into consecutive runs `(start, stop)` of at most
+    `max_items` items whose message stays within `max_bytes`: `envelope` bytes every message carries
+    (a JSON array's brackets), plus the items, plus `separator` bytes between two of them (its
+    commas). Every item is in exactly one run; an item too big for any message gets a run of its
+    own, for the caller to refuse or send apart.
+
+    Anything that batches claims into a message with a size limit cuts it here, so a run of large
+    claims becomes more messages rather than one that the transport refuses."""
+    runs: list[tuple[int, int]] = []
+    start, size = 0, envelope
+    for index, item in enumerate(sizes):
+        count = index - start
+        added = item + (separator if count else 0)
+        if count and (count >= max_items or size + added > max_bytes):
+            runs.append((start, index))
+            start, size, added = index, envelope, item
+        size += added
+    if start < len(sizes):
+        runs.append((start, len(sizes)))
+    return runs
 
 
 def claim_to_proto(claim: Claim) -> pb.Claim:
@@ -53,7 +79,7 @@ class EncodedClaims:
         self._size = size
         # id(claim) -> (claim, single, element); holding the claim keeps its id from being reused.
         self._entries: dict[int, tuple[Claim, bytes, bytes]] = {}
-        self._last_batch: tuple[list[Claim], bytes] | None = None
+        self._last_responses: tuple[list[Claim], tuple[int, int], list[bytes]] | None = None
 
     def _get(self, claim: Claim) -> tuple[Claim, bytes, bytes]:
         entry = self._entries.get(id(claim))
@@ -71,12 +97,20 @@ class EncodedClaims:
         """A WatchClaimsResponse with `claim` set."""
         return self._get(claim)[1]
 
-    def batch(self, claims: list[Claim]) -> bytes:
-        """A WatchClaimsResponse with `claims` set to these claims. The feed hands every caught-up
-        watcher the same list, so the last one's encoding is kept and reused."""
-        last = self._last_batch
-        if last is not None and last[0] is claims:
-            return last[1]
-        encoded = b"".join([self._get(claim)[2] for claim in claims])
-        self._last_batch = (claims, encoded)
-        return encoded
+    def responses(self, claims: list[Claim], per_response: int, max_bytes: int) -> list[bytes]:
+        """The WatchClaimsResponse messages that carry `claims` in order: one claim each (`claim`)
+        when `per_response` <= 1, otherwise up to `per_response` claims each (`claims`) and at most
+        `max_bytes` bytes each. The largest valid claim encodes to under 1 KiB, the smallest limit
+        settings allow, so every message fits. The feed hands every caught-up watcher the same
+        list, so the last one's messages are kept and reused."""
+        last = self._last_responses
+        if last is not None and last[0] is claims and last[1] == (per_response, max_bytes):
+            return last[2]
+        if per_response <= 1:
+            messages = [self.single(claim) for claim in claims]
+        else:
+            elements = [self._get(claim)[2] for claim in claims]
+            cuts = cut_runs([len(e) for e in elements], max_items=per_response, max_bytes=max_bytes)
+            messages = [b"".join(elements[start:stop]) for start, stop in cuts]
+        self._last_responses = (claims, (per_response, max_bytes), messages)
+        return messages

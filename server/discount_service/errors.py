@@ -60,6 +60,18 @@ class NoCodesLeft(DiscountError):
     reason = "NO_CODES_LEFT"
 
 
+class OutOfRange(DiscountError):
+    """A position past the end of what exists (a cursor beyond a feed's head); `field` names it."""
+
+    reason = "OUT_OF_RANGE"
+
+    def __init__(
+        self, message: str, *, field: str, reason: str | None = None, metadata: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.field = field
+
+
 class FailedPrecondition(DiscountError):
     """The request is valid but cannot be done in the current state."""
 

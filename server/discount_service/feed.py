@@ -28,7 +28,7 @@ import contextlib
 import logging
 import secrets
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Callable
 
 from . import errors
 from .fanout import CLAIM_RATE_WINDOW_SECONDS, FanoutBudget, claim_budget, fanout_interval
@@ -51,6 +51,20 @@ PAGE_SIZE = 1000
 SHARED_PAGES = 16
 # Reads of the database for claims this process did not make (NOTIFY, poll) come at most this often.
 REFRESH_INTERVAL_SECONDS = 0.004
+
+
+class WatchStop:
+    """Ends one watch stream from outside (its key was revoked): the stream raises `error` instead
+    of sending anything more, at once if it was waiting for claims."""
+
+    def __init__(self) -> None:
+        self.error: errors.DiscountError | None = None
+        self.wake: Callable[[], None] = lambda: None  # its channel's, once the stream watches
+
+    def stop(self, error: errors.DiscountError) -> None:
+        if self.error is None:
+            self.error = error
+            self.wake()  # every watcher of the brand here wakes; the others find nothing new
 
 
 class BrandChannel:
@@ -103,6 +117,9 @@ class BrandChannel:
         if self._fanout_timer is not None:
             self._fanout_timer.cancel()
         self._ready.set()
+        self._signal()
+
+    def wake(self) -> None:  # with no news: each watcher looks, and waits again
         self._signal()
 
     def _signal(self) -> None:
@@ -200,6 +217,10 @@ class ClaimFeed:
         if self._notifier is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._notifier, timeout=1.0)
+
+    def known_head(self, brand_id: str) -> int:
+        """The highest sequence of the brand this process knows of, or -1 if it does not watch it."""
+        return channel.head if (channel := self._channels.get(brand_id)) is not None else -1
 
     def claims_committed(self, brand_id: str, claims: list[Claim]) -> None:
         """Called after claims commit: hands them to local watchers and tells other replicas."""
@@ -325,12 +346,19 @@ class ClaimFeed:
         return [claim for claim in claims if claim.sequence > cursor]
 
     async def watch(
-        self, brand_id: str, brand_key: int, after_sequence: int, *, claims_per_message: int = 1
-    ) -> AsyncIterator[list[Claim]]:
+        self,
+        brand_id: str,
+        brand_key: int,
+        after_sequence: int,
+        *,
+        claims_per_message: int = 1,
+        stop: WatchStop | None = None,
+    ) -> AsyncGenerator[list[Claim], None]:
         """Every claim of the brand after `after_sequence`, oldest first, then live ones, until
-        the feed stops (server shutdown). Yields them in runs of consecutive claims, as they are
-        available and as the fan-out budget allows (a run is sent as messages of up to
-        `claims_per_message` claims): every watcher of a brand shares the same Claim objects."""
+        the feed stops (server shutdown) or `stop` ends the stream (raising its error). Yields them
+        in runs of consecutive claims, as they are available and as the fan-out budget allows (a
+        run is sent as messages of up to `claims_per_message` claims): every watcher of a brand
+        shares the same Claim objects."""
         existing = self._channels.get(brand_id)
         channel = existing if existing is not None else BrandChannel(self, brand_id, brand_key)
         if existing is None:
@@ -339,9 +367,13 @@ class ClaimFeed:
         channel.watchers += 1
         cursor = after_sequence
         per_message = max(1, claims_per_message)
+        stop = stop if stop is not None else WatchStop()
+        stop.wake = channel.wake
         try:
             await channel.ready()
             while not self._closing.is_set():
+                if stop.error is not None:
+                    raise stop.error
                 batch = channel.events_after(cursor)
                 if batch is None:  # behind the in-memory tail: page from the database
                     batch = await self._page(brand_id, brand_key, cursor)
@@ -356,6 +388,8 @@ class ClaimFeed:
                     allowed = await self.budget.take(messages)
                     if allowed < messages:
                         batch = batch[: allowed * per_message]
+                if stop.error is not None:
+                    raise stop.error  # ended while this run was read: none of it is sent
                 yield batch
                 cursor = batch[-1].sequence
         finally:

@@ -6,6 +6,7 @@ the statements.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -14,8 +15,9 @@ from datetime import UTC, datetime
 from . import codes, errors, validation
 from .auth import require_brand_access, require_claim_access
 from .claim_batcher import ClaimBatcher
-from .feed import ClaimFeed
-from .models import BrandStats, Claim, ClaimOutcome, ClaimResult, GenerateResult, Principal
+from .feed import ClaimFeed, WatchStop
+from .models import BrandStats, Claim, ClaimOutcome, ClaimResult, GenerateResult, Principal, Role
+from .revocation import KeyRevocations
 from .store import BatchRow, Store
 
 log = logging.getLogger(__name__)
@@ -24,9 +26,10 @@ MAX_GENERATE = 1_000_000
 
 
 class DiscountService:
-    def __init__(self, store: Store, feed: ClaimFeed) -> None:
+    def __init__(self, store: Store, feed: ClaimFeed, key_revocations: KeyRevocations) -> None:
         self._store = store
         self._feed = feed
+        self._key_revocations = key_revocations
         # Concurrent claims of one brand share a transaction (group commit, see claim_batcher.py).
         self._claims = ClaimBatcher(store, on_committed=feed.claims_committed)
 
@@ -130,13 +133,60 @@ class DiscountService:
     ) -> AsyncIterator[list[Claim]]:
         """Checks the request, then returns the claim stream (so errors surface before streaming).
         `claims_per_message`: how many claims the transport sends per message, which is what the
-        feed's fan-out budget counts."""
+        feed's fan-out budget counts. The stream ends with Unauthenticated once the caller's API
+        key is revoked."""
         brand_id = validation.brand_id(brand_id)
         require_brand_access(principal, brand_id)
         brand_key = await self._store.brand_key(brand_id)
         if brand_key is None:
             raise errors.NotFound(f"brand {brand_id!r} does not exist")
-        return self._feed.watch(brand_id, brand_key, after_sequence, claims_per_message=claims_per_message)
+        await self._check_cursor(brand_id, brand_key, after_sequence)
+        return self._watch(principal, brand_id, brand_key, after_sequence, claims_per_message)
+
+    async def _check_cursor(self, brand_id: str, brand_key: int, after_sequence: int) -> None:
+        """A cursor beyond the brand's last claim names claims that do not exist: a stream from there
+        would stay silent however many claims came. The database is asked only when the feed here
+        does not already know of a claim that far."""
+        if after_sequence <= max(self._feed.known_head(brand_id), 0):
+            return
+        head = (await self._store.feed_heads([brand_key])).get(brand_key, 0)
+        if after_sequence > head:
+            raise errors.OutOfRange(
+                f"after_sequence {after_sequence} is beyond the head of brand {brand_id!r}, {head} (the "
+                f"sequence of its last claim); resume after a sequence you received, at most {head}",
+                field="after_sequence",
+                reason="AFTER_SEQUENCE_BEYOND_HEAD",
+                metadata={"brand_id": brand_id, "head": str(head), "after_sequence": str(after_sequence)},
+            )
+
+    async def _watch(
+        self, principal: Principal, brand_id: str, brand_key: int, after_sequence: int, claims_per_message: int
+    ) -> AsyncIterator[list[Claim]]:
+        stop = WatchStop()
+        subscription = None
+        # Brand and admin keys may watch; a shopper token may not (require_brand_access), and has
+        # no revocation of its own.
+        if principal.role is not Role.USER:
+            key_id = principal.key_id
+
+            def revoked() -> None:
+                stop.stop(
+                    errors.Unauthenticated(
+                        f"API key {key_id} was revoked; this stream has ended", metadata={"key_id": key_id}
+                    )
+                )
+
+            subscription = self._key_revocations.subscribe(key_id, revoked)
+        try:
+            runs = self._feed.watch(
+                brand_id, brand_key, after_sequence, claims_per_message=claims_per_message, stop=stop
+            )
+            async with contextlib.aclosing(runs):
+                async for run in runs:
+                    yield run
+        finally:
+            if subscription is not None:
+                subscription.cancel()
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from .auth import Authenticator
 from .encoding import EncodedClaims, claim_to_proto
 from .models import Principal
 from .service import DiscountService
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ STATUS_FOR_ERROR: dict[type[errors.DiscountError], grpc.StatusCode] = {
     errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.NoCodesLeft: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
@@ -138,7 +140,8 @@ def _metadata(context: Context, key: str) -> str | None:
     return values[0] if values and isinstance(values[0], str) else None
 
 
-MAX_CLAIMS_PER_RESPONSE = 1000  # keeps a response far below the 1 MiB message limit
+# Responses are also cut by bytes, to the server's message limit (encoding.cut_runs).
+MAX_CLAIMS_PER_RESPONSE = 1000
 
 
 T = TypeVar("T")
@@ -219,10 +222,12 @@ class DiscountServicer(CallHandling):
         *,
         default_timeout: float = 30.0,
         observe: CallObserver | None = None,
+        max_message_bytes: int = Settings.max_message_bytes,
     ) -> None:
         super().__init__(authenticator, default_timeout=default_timeout, observe=observe)
         self._service = service
         self._encoded = EncodedClaims()
+        self._max_message_bytes = max_message_bytes
 
     async def GenerateCodes(self, request: Any, context: Context) -> pb.GenerateCodesResponse:
         async def handle(principal: Principal) -> pb.GenerateCodesResponse:
@@ -293,14 +298,8 @@ class DiscountServicer(CallHandling):
             # its stream is open (the browser page shows "Live" from this).
             await context.send_initial_metadata(())
             async for run in claims:
-                if per_response <= 1:
-                    for claim in run:
-                        yield self._encoded.single(claim)
-                elif len(run) <= per_response:
-                    yield self._encoded.batch(run)
-                else:
-                    for start in range(0, len(run), per_response):
-                        yield self._encoded.batch(run[start : start + per_response])
+                for message in self._encoded.responses(run, per_response, self._max_message_bytes):
+                    yield message
         except Exception as exc:  # noqa: BLE001 - every failure gets a status; status_for logs the unexpected
             failure = status_for("WatchClaims", exc)
             await failure.abort(context)

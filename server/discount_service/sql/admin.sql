@@ -25,6 +25,11 @@ SELECT k.key_id, k.role, b.brand_id
 FROM api_keys k LEFT JOIN brands b USING (brand_key)
 WHERE k.key_hash = %(key_hash)s AND k.revoked_at IS NULL;
 
+-- name: admin_active_key_ids
+-- Which of these keys exist and are not revoked: the one check, every DISCOUNT_KEY_CACHE_SECONDS,
+-- of every key that open watch streams act on (revocation.py).
+SELECT key_id FROM api_keys WHERE key_id = ANY(%(key_ids)s::text[]) AND revoked_at IS NULL;
+
 -- name: brand_stats
 -- A brand's total, claimed and expired codes; only a brand with an expired batch pays for the count.
 SELECT h.total_codes,

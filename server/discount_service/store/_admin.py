@@ -31,6 +31,11 @@ class Admin(StoreBase):
         key_id, role, brand_id = rows[0]
         return key_id, Role(role), brand_id
 
+    async def active_key_ids(self, key_ids: list[str]) -> set[str]:
+        """Those of `key_ids` that exist and are not revoked: one statement however many."""
+        rows = await self._fetch("admin_active_key_ids", {"key_ids": key_ids}, retry=True)
+        return {str(r[0]) for r in rows}
+
     async def brand_stats(self, brand_id: str) -> StatsRow | None:
         rows = await self._fetch("brand_stats", {"brand_id": brand_id}, retry=True)
         if not rows:
