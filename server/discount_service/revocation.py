@@ -94,7 +94,10 @@ class KeyRevocations:
             if not self._subscriptions:
                 self._checker = None
                 return
-            await self.check_now()
+            try:
+                await self.check_now()
+            except Exception:  # the checker must outlive any one failed round, or revocations go unseen
+                log.exception("checking %d subscribed API keys for revocation failed", len(self._subscriptions))
 
     async def check_now(self) -> None:
         """Asks the database which subscribed keys are still active and tells the others' subscribers."""
