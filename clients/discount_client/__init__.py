@@ -23,6 +23,7 @@ from ._common import (
     RetryPolicy,
     WatchBackoff,
 )
+from ._webhooks import NewWebhookSecret, Webhook, WebhookDelivery, WebhookDeliveryPage, WebhookState
 from .aio import AsyncDiscountClient
 from .client import DiscountClient
 from .errors import (
@@ -69,4 +70,9 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "WatchBackoff",
+    "NewWebhookSecret",
+    "Webhook",
+    "WebhookDelivery",
+    "WebhookDeliveryPage",
+    "WebhookState",
 ]

@@ -15,11 +15,13 @@ import grpc
 
 from discount.v1 import admin_service_pb2 as admin_pb
 from discount.v1 import discount_service_pb2 as pb
+from discount.v1 import webhook_service_pb2 as webhook_pb
 
-from . import _admin, _common
+from . import _admin, _common, _webhooks
 from ._admin import ApiKey, ApiKeyPage, Brand, BrandPage, NewApiKey, Role
 from ._common import BrandStats, Claim, ClaimResult, GenerateResult, RetryPolicy, WatchBackoff
 from ._connectivity import AsyncChannelReadiness
+from ._webhooks import NewWebhookSecret, Webhook, WebhookDeliveryPage
 from .errors import DiscountError, InvalidArgument, from_rpc_error, status_code
 
 log = logging.getLogger("discount_client")
@@ -75,6 +77,7 @@ class AsyncDiscountClient:
         self._readiness = AsyncChannelReadiness(self._channel)
         self._stub = _common.discount_stub(self._channel)
         self._admin_stub = _admin.admin_stub(self._channel)
+        self._webhook_stub = _webhooks.webhook_stub(self._channel)
 
     async def close(self) -> None:
         """Closes the channel; a `watch_claims` iterator in progress then simply ends."""
@@ -269,3 +272,61 @@ class AsyncDiscountClient:
             token = page.next_page_token
             if not token:
                 return
+
+    # -- WebhookService (the brand's own key or an admin key) -----------------------------------
+
+    async def create_webhook(
+        self,
+        brand_id: str,
+        url: str,
+        *,
+        after_sequence: int | None = None,
+        max_claims_per_delivery: int = 0,
+        timeout: float | None = None,
+    ) -> NewWebhookSecret:
+        """Registers an endpoint that receives the brand's claims with a sequence above
+        `after_sequence` (None: only claims made from now on; 0: every claim), at most
+        `max_claims_per_delivery` per request (0 means 100). The result holds the signing secret,
+        which the server never shows again. Not retried on UNAVAILABLE: list_webhooks tells."""
+        request = _webhooks.create_request(brand_id, url, after_sequence, max_claims_per_delivery)
+        return _webhooks.new_secret(await self._call("CreateWebhook", request, timeout, self._webhook_stub))
+
+    async def get_webhook(self, webhook_id: str, *, timeout: float | None = None) -> Webhook:
+        """One endpoint and where its delivery stands."""
+        request = webhook_pb.GetWebhookRequest(webhook_id=webhook_id)
+        return _webhooks.webhook_from_proto(
+            (await self._call("GetWebhook", request, timeout, self._webhook_stub)).webhook
+        )
+
+    async def list_webhooks(self, brand_id: str, *, timeout: float | None = None) -> list[Webhook]:
+        """The brand's endpoints (at most 10), oldest first."""
+        request = webhook_pb.ListWebhooksRequest(brand_id=brand_id)
+        return _webhooks.webhooks(await self._call("ListWebhooks", request, timeout, self._webhook_stub))
+
+    async def delete_webhook(self, webhook_id: str, *, timeout: float | None = None) -> None:
+        """Removes an endpoint; nothing more is sent to it."""
+        request = webhook_pb.DeleteWebhookRequest(webhook_id=webhook_id)
+        await self._call("DeleteWebhook", request, timeout, self._webhook_stub)
+
+    async def replay_webhook(
+        self, webhook_id: str, after_sequence: int = 0, *, timeout: float | None = None
+    ) -> Webhook:
+        """Delivers the brand's claims again from `after_sequence` on (0: every claim) and makes a
+        disabled endpoint active again."""
+        request = _webhooks.replay_request(webhook_id, after_sequence)
+        return _webhooks.webhook_from_proto(
+            (await self._call("ReplayWebhook", request, timeout, self._webhook_stub)).webhook
+        )
+
+    async def rotate_webhook_secret(self, webhook_id: str, *, timeout: float | None = None) -> NewWebhookSecret:
+        """A new signing secret; requests carry signatures by it and by the previous one for 24 hours."""
+        request = webhook_pb.RotateWebhookSecretRequest(webhook_id=webhook_id)
+        return _webhooks.new_secret(await self._call("RotateWebhookSecret", request, timeout, self._webhook_stub))
+
+    async def list_webhook_deliveries(
+        self, webhook_id: str, page_size: int = 0, page_token: str = "", *, timeout: float | None = None
+    ) -> WebhookDeliveryPage:
+        """One page of the endpoint's delivery attempts, newest first (`page_size` 0 means 100, at
+        most 1,000); pass the page's `next_page_token` for the next one."""
+        request = _webhooks.deliveries_request(webhook_id, page_size, page_token)
+        return _webhooks.delivery_page(await self._call("ListWebhookDeliveries", request, timeout, self._webhook_stub))

@@ -13,6 +13,7 @@ from .admin import add_admin_commands
 from .client import add_client_commands
 from .common import CommandError, configure_logging
 from .serve import add_serve_commands
+from .webhook import add_webhook_commands
 
 # Errors that are the user's to fix: printed as one line, exit status 1.
 USER_ERRORS: tuple[type[Exception], ...] = (SettingsError, CommandError)
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_commands(sub)
     add_admin_commands(sub)
     add_client_commands(sub)
+    add_webhook_commands(sub)
     if dev_commands is not None:
         dev_commands(sub)
     return parser
