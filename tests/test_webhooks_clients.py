@@ -13,6 +13,7 @@ import pytest
 
 import discount_client
 from discount_client import AsyncDiscountClient, DiscountClient, WebhookState
+from tests.readme_support import code_blocks, readme_section
 from tests.support import BIN, ServerHandle, create_brand, create_key, generate_codes_sql, in_process_server
 from tests.webhook_support import FAST, Api, Receiver, wait_until
 
@@ -122,3 +123,29 @@ async def test_the_cli(hooked: ServerHandle, receiver: Receiver) -> None:
     refused = await run(discount, hooked, key, "create", "wh-cli", "ftp://example.com/x")
     assert refused.returncode == 1 and "https://" in refused.stderr
     await shop.close()
+
+
+async def test_the_readme_receiver_applies_each_claim_once(hooked: ServerHandle, receiver: Receiver) -> None:
+    (example,) = code_blocks(readme_section("Webhooks"), "python")
+    create_brand(hooked.database_url, "wh-readme")
+    generate_codes_sql(hooked.database_url, "wh-readme", 20)
+    shop = Api(hooked.address, create_key(hooked.database_url, "service"))
+    owner = Api(hooked.address, create_key(hooked.database_url, "brand", "wh-readme"))
+    try:
+        created = await owner.create("wh-readme", receiver.url("/readme"), max_claims_per_delivery=3)
+        for i in range(8):
+            await shop.claim("wh-readme", f"u{i}")
+        got = await receiver.wait_for("/readme", 8)
+        applied: list[str] = []
+        scope: dict[str, object] = {"SECRET": created.secret, "apply": lambda claim: applied.append(claim["sequence"])}
+        exec(compile(example, "README.md", "exec"), scope)
+        receive = scope["receive"]
+        assert callable(receive)
+        for request in [*got, got[0], got[-1]]:  # every delivery, then two repeats
+            assert receive(request.body, request.headers) == 200
+        assert applied == [str(s) for s in range(1, 9)], "each claim applied once, in order"
+        forged = {**got[0].headers, "webhook-signature": "v1,AAAA"}
+        assert receive(got[0].body, forged) == 400
+    finally:
+        await shop.close()
+        await owner.close()
