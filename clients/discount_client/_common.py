@@ -179,14 +179,15 @@ def generate_request(
     code_length: int,
     expires_at: datetime | None,
 ) -> pb.GenerateCodesRequest:
-    if not 0 <= count < 2**32 or not 0 <= code_length < 2**32:
-        raise InvalidArgument(
-            f"count and code_length must be non-negative 32-bit integers, got {count} and {code_length}",
-            code="INVALID_ARGUMENT",
-            method="GenerateCodes",
-            reason="INVALID_FIELD",
-            field="count" if not 0 <= count < 2**32 else "code_length",
-        )
+    for field, value in (("count", count), ("code_length", code_length)):
+        if not 0 <= value < 2**32:
+            raise InvalidArgument(
+                f"{field} must be a non-negative 32-bit integer, got {value}",
+                code="INVALID_ARGUMENT",
+                method="GenerateCodes",
+                reason="INVALID_FIELD",
+                field=field,
+            )
     request = pb.GenerateCodesRequest(
         brand_id=brand_id,
         count=count,

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import secrets
 import signal
@@ -160,17 +161,21 @@ def _restart_envoy(envoy: EnvoyProcess, restarts: RestartLimit, envoy_url: str) 
 
 
 def cmd_dev_token(args: argparse.Namespace, settings: Settings) -> None:
-    from discount_service.tokens import mint_token
+    from discount_service.tokens import HMAC_ALGORITHMS, JwtVerifier, mint_token
 
     if not settings.jwt_secret:
         raise DevStackError("set DISCOUNT_JWT_SECRET (the server's HS256 secret) to mint a test token")
+    algorithm = settings.jwt_algorithm.upper() if settings.jwt_algorithm.upper() in HMAC_ALGORITHMS else "HS256"
+    # The secret is checked as `discount serve` checks it (same rules, same message), so no token is
+    # minted with a secret that no server would verify with.
+    JwtVerifier.from_settings(dataclasses.replace(settings, jwt_algorithm=algorithm, jwt_public_key=None))
     print(
         mint_token(
             settings.jwt_secret,
             args.user_id,
             email=args.email,
             ttl_seconds=args.ttl,
-            algorithm=settings.jwt_algorithm if settings.jwt_algorithm.startswith("HS") else "HS256",
+            algorithm=algorithm,
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
         )
@@ -184,15 +189,25 @@ def add_dev_commands(sub: Any) -> None:  # argparse's subparsers action has no p
         help="run the server, Envoy (gRPC-Web) and the web page on localhost; Ctrl-C stops them",
         description="Starts `discount serve`, Envoy with deploy/envoy/envoy.yaml and a static server for web/dist.",
     )
-    stack.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT, help="gRPC port of `discount serve`")
-    stack.add_argument("--envoy-port", type=int, default=DEFAULT_ENVOY_PORT, help="Envoy's gRPC-Web port")
-    stack.add_argument("--web-port", type=int, default=DEFAULT_WEB_PORT, help="port serving the page")
-    stack.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT, help="Envoy's admin port (127.0.0.1)")
+    ports = {
+        "--grpc-port": (DEFAULT_GRPC_PORT, "gRPC port of `discount serve`"),
+        "--envoy-port": (DEFAULT_ENVOY_PORT, "Envoy's gRPC-Web port"),
+        "--web-port": (DEFAULT_WEB_PORT, "port serving the page"),
+        "--admin-port": (DEFAULT_ADMIN_PORT, "Envoy's admin port, on 127.0.0.1"),
+    }
+    for option, (default, what) in ports.items():
+        stack.add_argument(option, type=int, metavar="PORT", default=default, help=f"{what} (default: %(default)s)")
     stack.add_argument(
-        "--origin", action="append", help="browser origin allowed by CORS (repeatable; default: the page's own)"
+        "--origin",
+        action="append",
+        help="browser origin allowed by CORS (repeatable; default: the page's own, on 127.0.0.1 and localhost)",
     )
-    stack.add_argument("--upstream", metavar="HOST:PORT", help="use this running gRPC server instead of starting one")
-    stack.add_argument("--brand", help="brand to prefill on the page")
+    stack.add_argument(
+        "--upstream",
+        metavar="HOST:PORT",
+        help="use this running gRPC server instead of starting one (default: start one on --grpc-port)",
+    )
+    stack.add_argument("--brand", help="brand to prefill on the page (default: none)")
     stack.add_argument("--print-envoy-config", action="store_true", help="print the rendered Envoy config and exit")
     stack.set_defaults(func=cmd_dev_stack)
 

@@ -44,7 +44,9 @@ def test_the_page_shows_an_expired_or_forged_token_for_what_it_is(stack: Stack, 
     browser.click("#claim-button")
     browser.wait_for(STATE, "invalid")
     assert who(browser) == ("invalid", "Token not valid: the bearer token's signature is not valid.")
-    assert browser.text("#claim-error").startswith("Not signed in: ")
+    assert browser.text("#claim-error") == (
+        "Not signed in: your sign-in is not valid (the bearer token's signature is not valid)."
+    )
     browser.screenshot(output_dir / "token-not-valid.png")
 
     # A token that expires while the page is open turns "expired" by itself.

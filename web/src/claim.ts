@@ -29,7 +29,7 @@ export function readToken(token: string): TokenClaims | null {
  * status code alone (RESOURCE_EXHAUSTED is "no codes left" only when the service says NO_CODES_LEFT;
  * gRPC's own message size limit answers with the same code).
  */
-export function claimErrorMessage(err: ConnectError, signedIn: boolean): string {
+export function claimErrorMessage(err: ConnectError, signedIn: boolean, tokenExpired = false): string {
   switch (errorReason(err)) {
     case "NO_CODES_LEFT":
       return "No codes left: this brand has given out all of its discount codes. Please check back later.";
@@ -46,9 +46,11 @@ export function claimErrorMessage(err: ConnectError, signedIn: boolean): string 
     case Code.ResourceExhausted:
       return "That request is too large for the discount service; please shorten what you entered.";
     case Code.Unauthenticated:
-      return signedIn
+      // "No longer" only for a token that was good once; a forged one never was.
+      if (!signedIn) return "Not signed in: please sign in to get your discount code.";
+      return tokenExpired
         ? `Not signed in: your sign-in is no longer valid (${err.rawMessage}).`
-        : "Not signed in: please sign in to get your discount code.";
+        : `Not signed in: your sign-in is not valid (${err.rawMessage}).`;
     case Code.PermissionDenied:
       return `Not allowed: ${err.rawMessage}.`;
     case Code.NotFound:
@@ -145,11 +147,12 @@ export function setupClaimView(client: DiscountClient, brand: string): void {
       result.hidden = false;
     } catch (err) {
       const e = ConnectError.from(err);
+      const expired = expiresAt !== null && expiresAt.getTime() <= Date.now();
       if (token && userId && e.code === Code.Unauthenticated) {
-        if (expiresAt && expiresAt.getTime() <= Date.now()) showExpired(expiresAt);
+        if (expiresAt && expired) showExpired(expiresAt);
         else showState("invalid", `Token not valid: ${e.rawMessage}.`);
       }
-      errorBox.textContent = claimErrorMessage(e, token !== "");
+      errorBox.textContent = claimErrorMessage(e, token !== "", expired);
       errorBox.dataset.code = Code[e.code];
       errorBox.dataset.reason = errorReason(e);
       errorBox.hidden = false;

@@ -56,7 +56,14 @@ def cmd_key_create(args: argparse.Namespace, settings: Settings) -> None:
     if with_store(settings, lambda store: store.insert_api_key(key_id, key_hash, role, args.brand)) is None:
         raise CommandError(f"brand {args.brand!r} does not exist; create it with `discount brand create`")
     scope = f" for brand {args.brand}" if args.brand else ""
-    print(f"created {role.value} key {key_id}{scope}; store it now, it is not shown again:", file=sys.stderr)
+    if sys.stdout.isatty():
+        print(f"created {role.value} key {key_id}{scope}; store it now, it is not shown again:", file=sys.stderr)
+    else:
+        # Captured (`K=$(discount key create ...)`): this line is all the terminal shows, so it says where the key went.
+        print(
+            f"created {role.value} key {key_id}{scope}; the key was written to standard output and is not shown again",
+            file=sys.stderr,
+        )
     print(key)
 
 
@@ -74,21 +81,44 @@ def cmd_key_list(args: argparse.Namespace, settings: Settings) -> None:
         print(f"{key.key_id:<14} {key.role.value:<8} {key.brand_id or '-':<24} {status}")
 
 
+# Said by `discount brand --help`, `discount key --help` and each of their subcommands.
+DIRECT = (
+    "Acts on the database directly (DISCOUNT_DATABASE_URL, or the embedded PostgreSQL in DISCOUNT_DATA_DIR), "
+    "not through the server, so it works with the server stopped."
+)
+
+
 def add_admin_commands(sub: Any) -> None:  # argparse's subparsers action has no public type
     """Adds brand and key, each with its subcommands, to the `discount` parser."""
-    brand = sub.add_parser("brand", help="manage brands").add_subparsers(dest="brand_command", required=True)
-    create = brand.add_parser("create", help="create a brand")
-    create.add_argument("brand_id")
-    create.add_argument("--name")
+    brand = sub.add_parser(
+        "brand", help="manage brands (on the database directly)", description=f"Manage brands. {DIRECT}"
+    )
+    brands = brand.add_subparsers(dest="brand_command", required=True)
+    create = brands.add_parser("create", help="create a brand", description=f"Create a brand. {DIRECT}")
+    create.add_argument("brand_id", metavar="BRAND_ID", help="the brand's id, used in every call (e.g. acme)")
+    create.add_argument("--name", help="the brand's display name (default: BRAND_ID)")
     create.set_defaults(func=cmd_brand_create)
-    brand.add_parser("list", help="list brands with their code counts").set_defaults(func=cmd_brand_list)
+    brands.add_parser(
+        "list", help="list brands with their code counts", description=f"List brands with their code counts. {DIRECT}"
+    ).set_defaults(func=cmd_brand_list)
 
-    key = sub.add_parser("key", help="manage API keys").add_subparsers(dest="key_command", required=True)
-    key_create = key.add_parser("create", help="create an API key; prints it as the last line")
+    key = sub.add_parser(
+        "key", help="manage API keys (on the database directly)", description=f"Manage API keys. {DIRECT}"
+    )
+    keys = key.add_subparsers(dest="key_command", required=True)
+    key_create = keys.add_parser(
+        "create",
+        help="create an API key; prints it as the last line",
+        description=f"Create an API key; prints it as the last line. {DIRECT}",
+    )
     key_create.add_argument("--role", required=True, choices=[r.value for r in Role if r is not Role.USER])
     key_create.add_argument("--brand", help="the brand a brand key is bound to")
     key_create.set_defaults(func=cmd_key_create)
-    revoke = key.add_parser("revoke", help="revoke an API key by its id")
-    revoke.add_argument("key_id")
+    revoke = keys.add_parser("revoke", help="revoke an API key by its id", description=f"Revoke an API key. {DIRECT}")
+    revoke.add_argument("key_id", metavar="KEY_ID", help="the key's id, as `discount key list` shows it")
     revoke.set_defaults(func=cmd_key_revoke)
-    key.add_parser("list", help="list API keys (ids and roles, never the keys)").set_defaults(func=cmd_key_list)
+    keys.add_parser(
+        "list",
+        help="list API keys (ids and roles, never the keys)",
+        description=f"List API keys (ids and roles, never the keys). {DIRECT}",
+    ).set_defaults(func=cmd_key_list)

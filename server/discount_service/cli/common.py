@@ -14,7 +14,11 @@ __all__ = ["CommandError", "configure_logging", "replace_settings", "with_store"
 
 
 class CommandError(Exception):
-    """A one-line error for the user; the CLI prints it and exits 1."""
+    """A one-line error for the user; the CLI prints it and exits with `exit_status` (1 unless said)."""
+
+    def __init__(self, message: str, *, exit_status: int = 1) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
 def replace_settings(settings: Settings, **changes: Any) -> Settings:
