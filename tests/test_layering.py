@@ -24,6 +24,8 @@ TRANSPORT = {
     "webhook_servicer",
     "webhook_delivery",
     "webhook_http",
+    "relay",
+    "jetstream",
 }
 DOMAIN = {
     "service",

@@ -21,7 +21,9 @@ from .admin import AdminService
 from .admin_servicer import ADMIN_SERVICE_NAME, AdminServicer, add_admin_to_server
 from .auth import Authenticator
 from .feed import ClaimFeed
+from .jetstream import check_stream_at_start
 from .metrics import Metrics
+from .relay import ClaimRelay
 from .revocation import KeyRevocations
 from .service import DiscountService
 from .servicer import SERVICE_NAME, CallObserver, DiscountServicer, add_to_server
@@ -69,6 +71,7 @@ class DiscountServer:
     settings: Settings
     metrics: Metrics | None = None
     webhooks: WebhookDeliverer | None = None
+    relay: ClaimRelay | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _on_stop: list[Callable[[], object]] = field(default_factory=list)
 
@@ -76,6 +79,8 @@ class DiscountServer:
         await self.feed.start()
         if self.webhooks is not None:
             await self.webhooks.start()
+        if self.relay is not None:
+            await self.relay.start()
         await self.grpc_server.start()
         if self.metrics is not None and self.settings.metrics_listen:
             self.metrics.start(self.settings.metrics_listen)
@@ -113,6 +118,8 @@ class DiscountServer:
             task.cancel()
         if self.webhooks is not None:
             await self.webhooks.stop()
+        if self.relay is not None:
+            await self.relay.stop()
         await self.feed.stop()
         await self.grpc_server.stop(grace)
         for hook in self._on_stop:
@@ -133,6 +140,8 @@ async def create_server(
 
     Opens the pool and migrates the schema first, so a server that starts can serve.
     """
+    # Before anything opens: a stream that cannot take the relay's subjects stops the start (one line).
+    await check_stream_at_start(settings)
     url = database_url or resolve_database_url(settings)
     store = Store(
         url,
@@ -234,7 +243,13 @@ async def create_server(
         with contextlib.suppress(Exception):
             await store.close()
         raise OSError(f"could not listen on {settings.listen}; is another server using it?")
-    return DiscountServer(server, store, feed, service, health_servicer, settings, metrics, deliverer), port
+    relay = ClaimRelay(store, feed, settings) if settings.nats_url else None
+    if metrics is not None:
+        metrics.relay = relay
+    discount_server = DiscountServer(
+        server, store, feed, service, health_servicer, settings, metrics, deliverer, relay=relay
+    )
+    return discount_server, port
 
 
 def _observe_both(first: CallObserver, second: CallObserver) -> CallObserver:

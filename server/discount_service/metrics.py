@@ -35,6 +35,14 @@ log = logging.getLogger(__name__)
 class WebhookLag(Protocol):
     def lag(self) -> list[tuple[str, str, float]]: ...
 
+
+class RelayLag(Protocol):
+    leading: bool
+    connected: bool
+
+    def lag(self) -> int: ...
+
+
 # Claims take about 1-50 ms; watch streams last up to hours.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 300.0, 3600.0)
 SCRAPE_QUERY_SECONDS = 2.0
@@ -70,6 +78,17 @@ class _StateCollector(Collector):
         for webhook_id, brand_id, seconds in m.webhooks.lag() if m.webhooks is not None else ():
             lag.add_metric([webhook_id, brand_id], seconds)
         yield lag
+        if m.relay is not None:
+            yield GaugeMetricFamily(
+                "discount_relay_lag_claims",
+                "Claims committed that JetStream has not acknowledged from the relay (0 unless this process relays)",
+                value=m.relay.lag(),
+            )
+            yield GaugeMetricFamily(
+                "discount_relay_active",
+                "1 while this process holds the relay lock and is connected to NATS",
+                value=int(m.relay.leading and m.relay.connected),
+            )
         stats = m.store.pool_stats()
         size = stats.get("pool_size", 0)
         idle = stats.get("pool_available", 0)
@@ -114,6 +133,7 @@ class Metrics:
             "discount_webhook_retries", "Webhook delivery attempts that repeated a failed one", registry=self.registry
         )
         self.webhooks: WebhookLag | None = None
+        self.relay: RelayLag | None = None  # the NATS relay, when DISCOUNT_NATS_URL is set (app.py)
         self.registry.register(_StateCollector(self))
         self._cache_seconds = cache_seconds
         self._available: list[tuple[str, int]] = []

@@ -74,7 +74,9 @@ def _switch(env: Mapping[str, str], name: str) -> bool:
 
 def _nats_stream(name: str) -> str:
     if any(c in name for c in " \t\r\n.*>/\\") or not name.isprintable():
-        raise SettingsError(f"DISCOUNT_NATS_STREAM={name!r} must be a JetStream stream name: no spaces, '.', '*', '>', '/'")
+        raise SettingsError(
+            f"DISCOUNT_NATS_STREAM={name!r} must be a JetStream stream name: no spaces, '.', '*', '>', '/'"
+        )
     return name
 
 

@@ -21,6 +21,7 @@ from ._migrations import (
     split_statements,
 )
 from ._queries import QUERIES
+from ._relay import Relay, RelayLock, RelayStanding
 from ._webhooks import AttemptOutcome, AttemptRow, DeliveryState, ScannedWebhook, WebhookLocks, WebhookRow, Webhooks
 
 __all__ = [
@@ -38,6 +39,8 @@ __all__ = [
     "BatchRow",
     "ClaimItem",
     "ClaimRow",
+    "RelayLock",
+    "RelayStanding",
     "StatsRow",
     "Store",
     "split_statements",
@@ -46,5 +49,5 @@ __all__ = [
 ]
 
 
-class Store(Claims, Feed, Admin, Generation, Migrations, Webhooks):
+class Store(Claims, Feed, Admin, Generation, Migrations, Webhooks, Relay):
     """Async access to PostgreSQL through one connection pool, plus one LISTEN connection."""

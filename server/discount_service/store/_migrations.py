@@ -22,7 +22,15 @@ _MIGRATION_LOCK_KEY = 0x44495343  # "DISC"
 # The Citus layout (docs/scaling.md): the small tables every node reads are copied to every node;
 # the brand-keyed ones are split by brand_key, colocated, so all rows of one brand are on one node.
 CITUS_REFERENCE_TABLES = ("brands", "api_keys")
-CITUS_DISTRIBUTED_TABLES = ("brand_feed_heads", "codes", "claims", "code_batches", "webhooks", "webhook_deliveries")
+CITUS_DISTRIBUTED_TABLES = (
+    "brand_feed_heads",
+    "codes",
+    "claims",
+    "code_batches",
+    "webhooks",
+    "webhook_deliveries",
+    "relay_positions",
+)
 # Functions whose calls go whole to the node holding their brand: (signature, the brand_key argument).
 CITUS_DISTRIBUTED_FUNCTIONS = (("discount_claim_brand(integer,text[],text[],bigint)", "p_brand_key"),)
 
