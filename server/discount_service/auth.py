@@ -236,3 +236,17 @@ def require_claim_access(principal: Principal, user_id: str, email: str) -> None
             raise errors.PermissionDenied("email does not match the signed-in user's email")
         return
     raise errors.PermissionDenied("a brand key cannot claim codes; use a service key")
+
+
+def require_redeem_access(principal: Principal, brand_id: str) -> None:
+    """A checkout redeems: a service key (the shop's backend) or admin for any brand, a brand key for
+    its own brand. A shopper's token may not: the shop's backend, not the shopper, says an order was paid."""
+    if principal.role in (Role.ADMIN, Role.SERVICE):
+        return
+    if principal.role is Role.BRAND:
+        if principal.brand_id == brand_id:
+            return
+        raise errors.PermissionDenied("this brand key belongs to another brand")
+    raise errors.PermissionDenied(
+        f"a {principal.role.value} credential cannot redeem codes; use a service key, the brand's key or an admin key"
+    )

@@ -87,6 +87,8 @@ class BrandStats:
     available: int
     claimed: int
     expired: int
+    # Claimed codes with a standing redemption (within `claimed`); counted only by GetBrandStats.
+    redeemed: int = 0
 
 
 @dataclass(frozen=True)

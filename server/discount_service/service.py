@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from . import codes, errors, validation
@@ -17,6 +17,7 @@ from .auth import require_brand_access, require_claim_access
 from .claim_batcher import ClaimBatcher
 from .feed import ClaimFeed, WatchStop
 from .models import BrandStats, Claim, ClaimOutcome, ClaimResult, GenerateResult, Principal, Role
+from .redemption import RedemptionService
 from .revocation import KeyRevocations
 from .store import BatchRow, Store
 
@@ -32,6 +33,7 @@ class DiscountService:
         self._key_revocations = key_revocations
         # Concurrent claims of one brand share a transaction (group commit, see claim_batcher.py).
         self._claims = ClaimBatcher(store, on_committed=feed.claims_committed)
+        self.redemptions = RedemptionService(store)
 
     async def generate_codes(
         self,
@@ -114,7 +116,8 @@ class DiscountService:
     async def brand_stats(self, principal: Principal, *, brand_id: str) -> BrandStats:
         brand_id = validation.brand_id(brand_id)
         require_brand_access(principal, brand_id)
-        return await self._stats(brand_id)
+        stats = await self._stats(brand_id)
+        return replace(stats, redeemed=await self.redemptions.redeemed_count(brand_id))
 
     async def _stats(self, brand_id: str) -> BrandStats:
         row = await self._store.brand_stats(brand_id)

@@ -25,6 +25,7 @@ from . import deadline, errors
 from .auth import Authenticator
 from .encoding import EncodedClaims, claim_to_proto
 from .models import Principal
+from .redemption import Redemption
 from .service import DiscountService
 from .settings import Settings
 
@@ -275,9 +276,34 @@ class DiscountServicer(CallHandling):
                 available=stats.available,
                 claimed=stats.claimed,
                 expired=stats.expired,
+                redeemed=stats.redeemed,
             )
 
         return await self._unary("GetBrandStats", request, context, handle)
+
+    async def RedeemCode(self, request: Any, context: Context) -> pb.RedeemCodeResponse:
+        async def handle(principal: Principal) -> pb.RedeemCodeResponse:
+            result = await self._service.redemptions.redeem_code(
+                principal,
+                brand_id=request.brand_id,
+                code=request.code,
+                user_id=request.user_id,
+                order_id=request.order_id,
+            )
+            return pb.RedeemCodeResponse(
+                redemption=_redemption_to_proto(result.redemption), newly_redeemed=result.newly_redeemed
+            )
+
+        return await self._unary("RedeemCode", request, context, handle)
+
+    async def CancelRedemption(self, request: Any, context: Context) -> pb.CancelRedemptionResponse:
+        async def handle(principal: Principal) -> pb.CancelRedemptionResponse:
+            redemption = await self._service.redemptions.cancel_redemption(
+                principal, brand_id=request.brand_id, code=request.code, order_id=request.order_id
+            )
+            return pb.CancelRedemptionResponse(redemption=_redemption_to_proto(redemption))
+
+        return await self._unary("CancelRedemption", request, context, handle)
 
     async def WatchClaims(self, request: Any, context: Context) -> AsyncIterator[bytes]:
         """Yields encoded WatchClaimsResponse messages (registered with a pass-through serializer)."""
@@ -307,6 +333,19 @@ class DiscountServicer(CallHandling):
             self._finished("WatchClaims", context, started, failure)
 
 
+def _redemption_to_proto(redemption: Redemption) -> pb.Redemption:
+    message = pb.Redemption(
+        brand_id=redemption.brand_id,
+        code=redemption.code,
+        user_id=redemption.user_id,
+        order_id=redemption.order_id,
+    )
+    message.redeemed_at.FromDatetime(redemption.redeemed_at)
+    if redemption.cancelled_at is not None:
+        message.cancelled_at.FromDatetime(redemption.cancelled_at)
+    return message
+
+
 def add_to_server(servicer: DiscountServicer, server: grpc.aio.Server) -> None:
     """Registers the service with lenient request parsers (see MalformedRequest)."""
     unary = grpc.unary_unary_rpc_method_handler
@@ -325,6 +364,16 @@ def add_to_server(servicer: DiscountServicer, server: grpc.aio.Server) -> None:
             servicer.GetBrandStats,
             request_deserializer=_lenient_parser(pb.GetBrandStatsRequest),
             response_serializer=pb.GetBrandStatsResponse.SerializeToString,
+        ),
+        "RedeemCode": unary(
+            servicer.RedeemCode,
+            request_deserializer=_lenient_parser(pb.RedeemCodeRequest),
+            response_serializer=pb.RedeemCodeResponse.SerializeToString,
+        ),
+        "CancelRedemption": unary(
+            servicer.CancelRedemption,
+            request_deserializer=_lenient_parser(pb.CancelRedemptionRequest),
+            response_serializer=pb.CancelRedemptionResponse.SerializeToString,
         ),
         "WatchClaims": grpc.unary_stream_rpc_method_handler(
             servicer.WatchClaims,

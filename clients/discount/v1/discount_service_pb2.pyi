@@ -98,15 +98,69 @@ class GetBrandStatsRequest(_message.Message):
     def __init__(self, brand_id: _Optional[str] = ...) -> None: ...
 
 class GetBrandStatsResponse(_message.Message):
-    __slots__ = ("brand_id", "total", "available", "claimed", "expired")
+    __slots__ = ("brand_id", "total", "available", "claimed", "expired", "redeemed")
     BRAND_ID_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     CLAIMED_FIELD_NUMBER: _ClassVar[int]
     EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    REDEEMED_FIELD_NUMBER: _ClassVar[int]
     brand_id: str
     total: int
     available: int
     claimed: int
     expired: int
-    def __init__(self, brand_id: _Optional[str] = ..., total: _Optional[int] = ..., available: _Optional[int] = ..., claimed: _Optional[int] = ..., expired: _Optional[int] = ...) -> None: ...
+    redeemed: int
+    def __init__(self, brand_id: _Optional[str] = ..., total: _Optional[int] = ..., available: _Optional[int] = ..., claimed: _Optional[int] = ..., expired: _Optional[int] = ..., redeemed: _Optional[int] = ...) -> None: ...
+
+class Redemption(_message.Message):
+    __slots__ = ("brand_id", "code", "user_id", "order_id", "redeemed_at", "cancelled_at")
+    BRAND_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    REDEEMED_AT_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_AT_FIELD_NUMBER: _ClassVar[int]
+    brand_id: str
+    code: str
+    user_id: str
+    order_id: str
+    redeemed_at: _timestamp_pb2.Timestamp
+    cancelled_at: _timestamp_pb2.Timestamp
+    def __init__(self, brand_id: _Optional[str] = ..., code: _Optional[str] = ..., user_id: _Optional[str] = ..., order_id: _Optional[str] = ..., redeemed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cancelled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RedeemCodeRequest(_message.Message):
+    __slots__ = ("brand_id", "code", "user_id", "order_id")
+    BRAND_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    brand_id: str
+    code: str
+    user_id: str
+    order_id: str
+    def __init__(self, brand_id: _Optional[str] = ..., code: _Optional[str] = ..., user_id: _Optional[str] = ..., order_id: _Optional[str] = ...) -> None: ...
+
+class RedeemCodeResponse(_message.Message):
+    __slots__ = ("redemption", "newly_redeemed")
+    REDEMPTION_FIELD_NUMBER: _ClassVar[int]
+    NEWLY_REDEEMED_FIELD_NUMBER: _ClassVar[int]
+    redemption: Redemption
+    newly_redeemed: bool
+    def __init__(self, redemption: _Optional[_Union[Redemption, _Mapping]] = ..., newly_redeemed: _Optional[bool] = ...) -> None: ...
+
+class CancelRedemptionRequest(_message.Message):
+    __slots__ = ("brand_id", "code", "order_id")
+    BRAND_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    brand_id: str
+    code: str
+    order_id: str
+    def __init__(self, brand_id: _Optional[str] = ..., code: _Optional[str] = ..., order_id: _Optional[str] = ...) -> None: ...
+
+class CancelRedemptionResponse(_message.Message):
+    __slots__ = ("redemption",)
+    REDEMPTION_FIELD_NUMBER: _ClassVar[int]
+    redemption: Redemption
+    def __init__(self, redemption: _Optional[_Union[Redemption, _Mapping]] = ...) -> None: ...

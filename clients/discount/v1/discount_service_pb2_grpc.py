@@ -55,6 +55,16 @@ class DiscountServiceStub:
                 request_serializer=discount_dot_v1_dot_discount__service__pb2.GetBrandStatsRequest.SerializeToString,
                 response_deserializer=discount_dot_v1_dot_discount__service__pb2.GetBrandStatsResponse.FromString,
                 _registered_method=True)
+        self.RedeemCode = channel.unary_unary(
+                '/discount.v1.DiscountService/RedeemCode',
+                request_serializer=discount_dot_v1_dot_discount__service__pb2.RedeemCodeRequest.SerializeToString,
+                response_deserializer=discount_dot_v1_dot_discount__service__pb2.RedeemCodeResponse.FromString,
+                _registered_method=True)
+        self.CancelRedemption = channel.unary_unary(
+                '/discount.v1.DiscountService/CancelRedemption',
+                request_serializer=discount_dot_v1_dot_discount__service__pb2.CancelRedemptionRequest.SerializeToString,
+                response_deserializer=discount_dot_v1_dot_discount__service__pb2.CancelRedemptionResponse.FromString,
+                _registered_method=True)
 
 
 class DiscountServiceServicer:
@@ -89,6 +99,21 @@ class DiscountServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RedeemCode(self, request, context):
+        """RedeemCode records that the user used their claimed code on an order (service key, the brand's key, or admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelRedemption(self, request, context):
+        """CancelRedemption undoes an order's redemption (a cancelled or refunded order): the code's holder can use it
+        again on another order (same keys as RedeemCode).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DiscountServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +136,16 @@ def add_DiscountServiceServicer_to_server(servicer, server):
                     servicer.GetBrandStats,
                     request_deserializer=discount_dot_v1_dot_discount__service__pb2.GetBrandStatsRequest.FromString,
                     response_serializer=discount_dot_v1_dot_discount__service__pb2.GetBrandStatsResponse.SerializeToString,
+            ),
+            'RedeemCode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedeemCode,
+                    request_deserializer=discount_dot_v1_dot_discount__service__pb2.RedeemCodeRequest.FromString,
+                    response_serializer=discount_dot_v1_dot_discount__service__pb2.RedeemCodeResponse.SerializeToString,
+            ),
+            'CancelRedemption': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelRedemption,
+                    request_deserializer=discount_dot_v1_dot_discount__service__pb2.CancelRedemptionRequest.FromString,
+                    response_serializer=discount_dot_v1_dot_discount__service__pb2.CancelRedemptionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +257,60 @@ class DiscountService:
             '/discount.v1.DiscountService/GetBrandStats',
             discount_dot_v1_dot_discount__service__pb2.GetBrandStatsRequest.SerializeToString,
             discount_dot_v1_dot_discount__service__pb2.GetBrandStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedeemCode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/discount.v1.DiscountService/RedeemCode',
+            discount_dot_v1_dot_discount__service__pb2.RedeemCodeRequest.SerializeToString,
+            discount_dot_v1_dot_discount__service__pb2.RedeemCodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelRedemption(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/discount.v1.DiscountService/CancelRedemption',
+            discount_dot_v1_dot_discount__service__pb2.CancelRedemptionRequest.SerializeToString,
+            discount_dot_v1_dot_discount__service__pb2.CancelRedemptionResponse.FromString,
             options,
             channel_credentials,
             insecure,

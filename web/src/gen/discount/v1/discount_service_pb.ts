@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file discount/v1/discount_service.proto.
  */
 export const file_discount_v1_discount_service: GenFile = /*@__PURE__*/
-  fileDesc("CiJkaXNjb3VudC92MS9kaXNjb3VudF9zZXJ2aWNlLnByb3RvEgtkaXNjb3VudC52MSKgAQoUR2VuZXJhdGVDb2Rlc1JlcXVlc3QSEAoIYnJhbmRfaWQYASABKAkSDQoFY291bnQYAiABKA0SEgoKcmVxdWVzdF9pZBgDIAEoCRITCgtjb2RlX2xlbmd0aBgEIAEoDRIOCgZwcmVmaXgYBSABKAkSLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiYQoVR2VuZXJhdGVDb2Rlc1Jlc3BvbnNlEhAKCGJyYW5kX2lkGAEgASgJEhAKCGJhdGNoX2lkGAIgASgJEhEKCWdlbmVyYXRlZBgDIAEoDRIRCglhdmFpbGFibGUYBCABKAQiuQEKBUNsYWltEhAKCHNlcXVlbmNlGAEgASgEEhAKCGJyYW5kX2lkGAIgASgJEgwKBGNvZGUYAyABKAkSDwoHdXNlcl9pZBgEIAEoCRINCgVlbWFpbBgFIAEoCRIuCgpjbGFpbWVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpleHBpcmVzX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJEChBDbGFpbUNvZGVSZXF1ZXN0EhAKCGJyYW5kX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSDQoFZW1haWwYAyABKAkiTQoRQ2xhaW1Db2RlUmVzcG9uc2USIQoFY2xhaW0YASABKAsyEi5kaXNjb3VudC52MS5DbGFpbRIVCg1uZXdseV9jbGFpbWVkGAIgASgIIl8KEldhdGNoQ2xhaW1zUmVxdWVzdBIQCghicmFuZF9pZBgBIAEoCRIWCg5hZnRlcl9zZXF1ZW5jZRgCIAEoBBIfChdtYXhfY2xhaW1zX3Blcl9yZXNwb25zZRgDIAEoDSJcChNXYXRjaENsYWltc1Jlc3BvbnNlEiEKBWNsYWltGAEgASgLMhIuZGlzY291bnQudjEuQ2xhaW0SIgoGY2xhaW1zGAIgAygLMhIuZGlzY291bnQudjEuQ2xhaW0iKAoUR2V0QnJhbmRTdGF0c1JlcXVlc3QSEAoIYnJhbmRfaWQYASABKAkibQoVR2V0QnJhbmRTdGF0c1Jlc3BvbnNlEhAKCGJyYW5kX2lkGAEgASgJEg0KBXRvdGFsGAIgASgEEhEKCWF2YWlsYWJsZRgDIAEoBBIPCgdjbGFpbWVkGAQgASgEEg8KB2V4cGlyZWQYBSABKAQy4QIKD0Rpc2NvdW50U2VydmljZRJWCg1HZW5lcmF0ZUNvZGVzEiEuZGlzY291bnQudjEuR2VuZXJhdGVDb2Rlc1JlcXVlc3QaIi5kaXNjb3VudC52MS5HZW5lcmF0ZUNvZGVzUmVzcG9uc2USSgoJQ2xhaW1Db2RlEh0uZGlzY291bnQudjEuQ2xhaW1Db2RlUmVxdWVzdBoeLmRpc2NvdW50LnYxLkNsYWltQ29kZVJlc3BvbnNlElIKC1dhdGNoQ2xhaW1zEh8uZGlzY291bnQudjEuV2F0Y2hDbGFpbXNSZXF1ZXN0GiAuZGlzY291bnQudjEuV2F0Y2hDbGFpbXNSZXNwb25zZTABElYKDUdldEJyYW5kU3RhdHMSIS5kaXNjb3VudC52MS5HZXRCcmFuZFN0YXRzUmVxdWVzdBoiLmRpc2NvdW50LnYxLkdldEJyYW5kU3RhdHNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("CiJkaXNjb3VudC92MS9kaXNjb3VudF9zZXJ2aWNlLnByb3RvEgtkaXNjb3VudC52MSKgAQoUR2VuZXJhdGVDb2Rlc1JlcXVlc3QSEAoIYnJhbmRfaWQYASABKAkSDQoFY291bnQYAiABKA0SEgoKcmVxdWVzdF9pZBgDIAEoCRITCgtjb2RlX2xlbmd0aBgEIAEoDRIOCgZwcmVmaXgYBSABKAkSLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiYQoVR2VuZXJhdGVDb2Rlc1Jlc3BvbnNlEhAKCGJyYW5kX2lkGAEgASgJEhAKCGJhdGNoX2lkGAIgASgJEhEKCWdlbmVyYXRlZBgDIAEoDRIRCglhdmFpbGFibGUYBCABKAQiuQEKBUNsYWltEhAKCHNlcXVlbmNlGAEgASgEEhAKCGJyYW5kX2lkGAIgASgJEgwKBGNvZGUYAyABKAkSDwoHdXNlcl9pZBgEIAEoCRINCgVlbWFpbBgFIAEoCRIuCgpjbGFpbWVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpleHBpcmVzX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJEChBDbGFpbUNvZGVSZXF1ZXN0EhAKCGJyYW5kX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSDQoFZW1haWwYAyABKAkiTQoRQ2xhaW1Db2RlUmVzcG9uc2USIQoFY2xhaW0YASABKAsyEi5kaXNjb3VudC52MS5DbGFpbRIVCg1uZXdseV9jbGFpbWVkGAIgASgIIl8KEldhdGNoQ2xhaW1zUmVxdWVzdBIQCghicmFuZF9pZBgBIAEoCRIWCg5hZnRlcl9zZXF1ZW5jZRgCIAEoBBIfChdtYXhfY2xhaW1zX3Blcl9yZXNwb25zZRgDIAEoDSJcChNXYXRjaENsYWltc1Jlc3BvbnNlEiEKBWNsYWltGAEgASgLMhIuZGlzY291bnQudjEuQ2xhaW0SIgoGY2xhaW1zGAIgAygLMhIuZGlzY291bnQudjEuQ2xhaW0iKAoUR2V0QnJhbmRTdGF0c1JlcXVlc3QSEAoIYnJhbmRfaWQYASABKAkifwoVR2V0QnJhbmRTdGF0c1Jlc3BvbnNlEhAKCGJyYW5kX2lkGAEgASgJEg0KBXRvdGFsGAIgASgEEhEKCWF2YWlsYWJsZRgDIAEoBBIPCgdjbGFpbWVkGAQgASgEEg8KB2V4cGlyZWQYBSABKAQSEAoIcmVkZWVtZWQYBiABKAQisgEKClJlZGVtcHRpb24SEAoIYnJhbmRfaWQYASABKAkSDAoEY29kZRgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEhAKCG9yZGVyX2lkGAQgASgJEi8KC3JlZGVlbWVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxjYW5jZWxsZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlYKEVJlZGVlbUNvZGVSZXF1ZXN0EhAKCGJyYW5kX2lkGAEgASgJEgwKBGNvZGUYAiABKAkSDwoHdXNlcl9pZBgDIAEoCRIQCghvcmRlcl9pZBgEIAEoCSJZChJSZWRlZW1Db2RlUmVzcG9uc2USKwoKcmVkZW1wdGlvbhgBIAEoCzIXLmRpc2NvdW50LnYxLlJlZGVtcHRpb24SFgoObmV3bHlfcmVkZWVtZWQYAiABKAgiSwoXQ2FuY2VsUmVkZW1wdGlvblJlcXVlc3QSEAoIYnJhbmRfaWQYASABKAkSDAoEY29kZRgCIAEoCRIQCghvcmRlcl9pZBgDIAEoCSJHChhDYW5jZWxSZWRlbXB0aW9uUmVzcG9uc2USKwoKcmVkZW1wdGlvbhgBIAEoCzIXLmRpc2NvdW50LnYxLlJlZGVtcHRpb24ykQQKD0Rpc2NvdW50U2VydmljZRJWCg1HZW5lcmF0ZUNvZGVzEiEuZGlzY291bnQudjEuR2VuZXJhdGVDb2Rlc1JlcXVlc3QaIi5kaXNjb3VudC52MS5HZW5lcmF0ZUNvZGVzUmVzcG9uc2USSgoJQ2xhaW1Db2RlEh0uZGlzY291bnQudjEuQ2xhaW1Db2RlUmVxdWVzdBoeLmRpc2NvdW50LnYxLkNsYWltQ29kZVJlc3BvbnNlElIKC1dhdGNoQ2xhaW1zEh8uZGlzY291bnQudjEuV2F0Y2hDbGFpbXNSZXF1ZXN0GiAuZGlzY291bnQudjEuV2F0Y2hDbGFpbXNSZXNwb25zZTABElYKDUdldEJyYW5kU3RhdHMSIS5kaXNjb3VudC52MS5HZXRCcmFuZFN0YXRzUmVxdWVzdBoiLmRpc2NvdW50LnYxLkdldEJyYW5kU3RhdHNSZXNwb25zZRJNCgpSZWRlZW1Db2RlEh4uZGlzY291bnQudjEuUmVkZWVtQ29kZVJlcXVlc3QaHy5kaXNjb3VudC52MS5SZWRlZW1Db2RlUmVzcG9uc2USXwoQQ2FuY2VsUmVkZW1wdGlvbhIkLmRpc2NvdW50LnYxLkNhbmNlbFJlZGVtcHRpb25SZXF1ZXN0GiUuZGlzY291bnQudjEuQ2FuY2VsUmVkZW1wdGlvblJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * GenerateCodesRequest asks for a batch of new codes.
@@ -371,6 +371,13 @@ export type GetBrandStatsResponse = Message<"discount.v1.GetBrandStatsResponse">
    * @generated from field: uint64 expired = 5;
    */
   expired: bigint;
+
+  /**
+   * Claimed codes with a redemption that stands (counted in claimed too).
+   *
+   * @generated from field: uint64 redeemed = 6;
+   */
+  redeemed: bigint;
 };
 
 /**
@@ -379,6 +386,189 @@ export type GetBrandStatsResponse = Message<"discount.v1.GetBrandStatsResponse">
  */
 export const GetBrandStatsResponseSchema: GenMessage<GetBrandStatsResponse> = /*@__PURE__*/
   messageDesc(file_discount_v1_discount_service, 8);
+
+/**
+ * Redemption records that a claimed code was used on an order.
+ *
+ * @generated from message discount.v1.Redemption
+ */
+export type Redemption = Message<"discount.v1.Redemption"> & {
+  /**
+   * The brand the code belongs to.
+   *
+   * @generated from field: string brand_id = 1;
+   */
+  brandId: string;
+
+  /**
+   * The code, as it was handed out.
+   *
+   * @generated from field: string code = 2;
+   */
+  code: string;
+
+  /**
+   * The user who holds the code.
+   *
+   * @generated from field: string user_id = 3;
+   */
+  userId: string;
+
+  /**
+   * The order the code was used on.
+   *
+   * @generated from field: string order_id = 4;
+   */
+  orderId: string;
+
+  /**
+   * When the code was redeemed on this order.
+   *
+   * @generated from field: google.protobuf.Timestamp redeemed_at = 5;
+   */
+  redeemedAt?: Timestamp | undefined;
+
+  /**
+   * When the redemption was cancelled; unset while it stands.
+   *
+   * @generated from field: google.protobuf.Timestamp cancelled_at = 6;
+   */
+  cancelledAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message discount.v1.Redemption.
+ * Use `create(RedemptionSchema)` to create a new message.
+ */
+export const RedemptionSchema: GenMessage<Redemption> = /*@__PURE__*/
+  messageDesc(file_discount_v1_discount_service, 9);
+
+/**
+ * RedeemCodeRequest uses a claimed code on an order.
+ *
+ * @generated from message discount.v1.RedeemCodeRequest
+ */
+export type RedeemCodeRequest = Message<"discount.v1.RedeemCodeRequest"> & {
+  /**
+   * The brand of the code (the same rules as ClaimCodeRequest.brand_id).
+   *
+   * @generated from field: string brand_id = 1;
+   */
+  brandId: string;
+
+  /**
+   * The code as the shopper typed it: compared without regard to case.
+   *
+   * @generated from field: string code = 2;
+   */
+  code: string;
+
+  /**
+   * The user redeeming; must be the user who claimed the code (the same rules as ClaimCodeRequest.user_id).
+   *
+   * @generated from field: string user_id = 3;
+   */
+  userId: string;
+
+  /**
+   * The order, 1..128 characters under the user_id rules. Redeeming again with the same order_id returns the
+   * first redemption and changes nothing (newly_redeemed false).
+   *
+   * @generated from field: string order_id = 4;
+   */
+  orderId: string;
+};
+
+/**
+ * Describes the message discount.v1.RedeemCodeRequest.
+ * Use `create(RedeemCodeRequestSchema)` to create a new message.
+ */
+export const RedeemCodeRequestSchema: GenMessage<RedeemCodeRequest> = /*@__PURE__*/
+  messageDesc(file_discount_v1_discount_service, 10);
+
+/**
+ * RedeemCodeResponse is the redemption.
+ *
+ * @generated from message discount.v1.RedeemCodeResponse
+ */
+export type RedeemCodeResponse = Message<"discount.v1.RedeemCodeResponse"> & {
+  /**
+   * The redemption of the code on the order.
+   *
+   * @generated from field: discount.v1.Redemption redemption = 1;
+   */
+  redemption?: Redemption | undefined;
+
+  /**
+   * True if this call redeemed the code, false if the same order had redeemed it before.
+   *
+   * @generated from field: bool newly_redeemed = 2;
+   */
+  newlyRedeemed: boolean;
+};
+
+/**
+ * Describes the message discount.v1.RedeemCodeResponse.
+ * Use `create(RedeemCodeResponseSchema)` to create a new message.
+ */
+export const RedeemCodeResponseSchema: GenMessage<RedeemCodeResponse> = /*@__PURE__*/
+  messageDesc(file_discount_v1_discount_service, 11);
+
+/**
+ * CancelRedemptionRequest names an order's redemption of a code.
+ *
+ * @generated from message discount.v1.CancelRedemptionRequest
+ */
+export type CancelRedemptionRequest = Message<"discount.v1.CancelRedemptionRequest"> & {
+  /**
+   * The brand of the code.
+   *
+   * @generated from field: string brand_id = 1;
+   */
+  brandId: string;
+
+  /**
+   * The code, compared without regard to case.
+   *
+   * @generated from field: string code = 2;
+   */
+  code: string;
+
+  /**
+   * The order whose redemption to cancel.
+   *
+   * @generated from field: string order_id = 3;
+   */
+  orderId: string;
+};
+
+/**
+ * Describes the message discount.v1.CancelRedemptionRequest.
+ * Use `create(CancelRedemptionRequestSchema)` to create a new message.
+ */
+export const CancelRedemptionRequestSchema: GenMessage<CancelRedemptionRequest> = /*@__PURE__*/
+  messageDesc(file_discount_v1_discount_service, 12);
+
+/**
+ * CancelRedemptionResponse is the cancelled redemption.
+ *
+ * @generated from message discount.v1.CancelRedemptionResponse
+ */
+export type CancelRedemptionResponse = Message<"discount.v1.CancelRedemptionResponse"> & {
+  /**
+   * The redemption, with cancelled_at set (the first cancellation's time if it was cancelled before).
+   *
+   * @generated from field: discount.v1.Redemption redemption = 1;
+   */
+  redemption?: Redemption | undefined;
+};
+
+/**
+ * Describes the message discount.v1.CancelRedemptionResponse.
+ * Use `create(CancelRedemptionResponseSchema)` to create a new message.
+ */
+export const CancelRedemptionResponseSchema: GenMessage<CancelRedemptionResponse> = /*@__PURE__*/
+  messageDesc(file_discount_v1_discount_service, 13);
 
 /**
  * DiscountService hands out brand discount codes, one per user per brand, and streams every claim to the brand.
@@ -425,6 +615,27 @@ export const DiscountService: GenService<{
     methodKind: "unary";
     input: typeof GetBrandStatsRequestSchema;
     output: typeof GetBrandStatsResponseSchema;
+  },
+  /**
+   * RedeemCode records that the user used their claimed code on an order (service key, the brand's key, or admin).
+   *
+   * @generated from rpc discount.v1.DiscountService.RedeemCode
+   */
+  redeemCode: {
+    methodKind: "unary";
+    input: typeof RedeemCodeRequestSchema;
+    output: typeof RedeemCodeResponseSchema;
+  },
+  /**
+   * CancelRedemption undoes an order's redemption (a cancelled or refunded order): the code's holder can use it
+   * again on another order (same keys as RedeemCode).
+   *
+   * @generated from rpc discount.v1.DiscountService.CancelRedemption
+   */
+  cancelRedemption: {
+    methodKind: "unary";
+    input: typeof CancelRedemptionRequestSchema;
+    output: typeof CancelRedemptionResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_discount_v1_discount_service, 0);
