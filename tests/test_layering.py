@@ -40,6 +40,7 @@ DOMAIN = {
     "models",
     "errors",
     "webhooks",
+    "redemption",
 }
 STORE = {"store", "embedded"}
 SHARED = {"settings", "logs", "eventloop", "deadline", "__init__"}

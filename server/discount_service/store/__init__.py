@@ -21,6 +21,7 @@ from ._migrations import (
     split_statements,
 )
 from ._queries import QUERIES
+from ._redemptions import RedemptionOutcome, RedemptionRow, Redemptions
 from ._relay import Relay, RelayLock, RelayStanding
 from ._webhooks import AttemptOutcome, AttemptRow, DeliveryState, ScannedWebhook, WebhookLocks, WebhookRow, Webhooks
 
@@ -30,6 +31,8 @@ __all__ = [
     "CITUS_REFERENCE_TABLES",
     "GENERATION_CHUNK",
     "QUERIES",
+    "RedemptionOutcome",
+    "RedemptionRow",
     "AttemptOutcome",
     "AttemptRow",
     "DeliveryState",
@@ -49,5 +52,5 @@ __all__ = [
 ]
 
 
-class Store(Claims, Feed, Admin, Generation, Migrations, Webhooks, Relay):
+class Store(Claims, Feed, Admin, Generation, Migrations, Webhooks, Redemptions, Relay):
     """Async access to PostgreSQL through one connection pool, plus one LISTEN connection."""

@@ -30,9 +30,14 @@ CITUS_DISTRIBUTED_TABLES = (
     "webhooks",
     "webhook_deliveries",
     "relay_positions",
+    "redemptions",
 )
 # Functions whose calls go whole to the node holding their brand: (signature, the brand_key argument).
-CITUS_DISTRIBUTED_FUNCTIONS = (("discount_claim_brand(integer,text[],text[],bigint)", "p_brand_key"),)
+CITUS_DISTRIBUTED_FUNCTIONS = (
+    ("discount_claim_brand(integer,text[],text[],bigint)", "p_brand_key"),
+    ("discount_redeem(integer,text,text,text)", "p_brand_key"),
+    ("discount_cancel_redemption(integer,text,text)", "p_brand_key"),
+)
 
 
 def _migrations() -> list[tuple[str, str]]:
