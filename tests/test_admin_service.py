@@ -33,7 +33,7 @@ from discount_client import (
     Role,
     Unauthenticated,
 )
-from discount_service.admin import PageTokens
+from discount_service.admin_service import PageTokens
 from discount_service.tokens import mint_token
 from tests.readme_support import README_ADDRESS, code_blocks, readme_section
 from tests.support import (

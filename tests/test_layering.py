@@ -29,7 +29,7 @@ TRANSPORT = {
 }
 DOMAIN = {
     "service",
-    "admin",
+    "admin_service",
     "feed",
     "fanout",
     "claim_batcher",
@@ -125,7 +125,9 @@ def test_nothing_below_the_transport_imports_it(module: str) -> None:
 
 @pytest.mark.parametrize("module", _in_layers(STORE, SHARED))
 def test_the_store_never_imports_the_domain_services(module: str) -> None:
-    services = tuple(f"discount_service.{m}" for m in ("service", "admin", "feed", "claim_batcher", "auth", "tokens"))
+    services = tuple(
+        f"discount_service.{m}" for m in ("service", "admin_service", "feed", "claim_batcher", "auth", "tokens")
+    )
     assert _imports_any(module, services) == []
 
 
@@ -141,7 +143,7 @@ def test_cli_command_modules_never_import_upward(module: str) -> None:
     if module.endswith((".main", ".__init__", ".__main__")):
         return
     assert _imports_any(module, ("discount_service.cli.main", "discount_service.cli.__init__")) == []
-    siblings = ("discount_service.cli.serve", "discount_service.cli.admin", "discount_service.cli.client")
+    siblings = ("discount_service.cli.serve", "discount_service.cli.operator", "discount_service.cli.client")
     assert [name for name in _imports_any(module, siblings) if name != module] == []
 
 

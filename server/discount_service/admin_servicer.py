@@ -1,4 +1,4 @@
-"""gRPC transport of `discount.v1.AdminService`: protobuf <-> the calls of admin.py.
+"""gRPC transport of `discount.v1.AdminService`: protobuf <-> the calls of admin_service.py.
 
 Calls are handled like DiscountService's (servicer.CallHandling): the credential, the deadline,
 the one mapping of errors to statuses with their details, one log line and metric per call, and
@@ -16,7 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from discount.v1 import admin_service_pb2 as pb
 
-from .admin import AdminService
+from .admin_service import AdminService
 from .auth import Authenticator
 from .models import ApiKeyInfo, Brand, Principal, Role
 from .servicer import CallHandling, CallObserver, Context, _lenient_parser

@@ -17,7 +17,7 @@ from discount.v1 import admin_service_pb2 as admin_pb
 from discount.v1 import discount_service_pb2 as pb
 from discount.v1 import webhook_service_pb2 as webhook_pb
 
-from .admin import AdminService
+from .admin_service import AdminService
 from .admin_servicer import ADMIN_SERVICE_NAME, AdminServicer, add_admin_to_server
 from .auth import Authenticator
 from .feed import ClaimFeed
@@ -25,7 +25,7 @@ from .jetstream import check_stream_at_start
 from .metrics import Metrics
 from .relay import ClaimRelay
 from .revocation import KeyRevocations
-from .service import DiscountService
+from .service import CodeService
 from .servicer import SERVICE_NAME, CallObserver, DiscountServicer, add_to_server
 from .settings import Settings
 from .store import Store
@@ -60,13 +60,13 @@ def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 
 @dataclass
-class DiscountServer:
+class ServerApp:
     """The gRPC server plus what it owns: the store, the claim feed and the health reporter."""
 
     grpc_server: grpc.aio.Server
     store: Store
     feed: ClaimFeed
-    service: DiscountService
+    service: CodeService
     health: health_aio.HealthServicer
     settings: Settings
     metrics: Metrics | None = None
@@ -135,7 +135,7 @@ async def create_server(
     *,
     database_url: str | None = None,
     observe: CallObserver | None = None,
-) -> tuple[DiscountServer, int]:
+) -> tuple[ServerApp, int]:
     """Builds a ready-to-start server bound to `settings.listen` (port 0 picks a free port).
 
     Opens the pool and migrates the schema first, so a server that starts can serve.
@@ -153,7 +153,7 @@ async def create_server(
     await store.open(wait=True)
     feed = ClaimFeed(store, poll_seconds=settings.feed_poll_seconds)
     key_revocations = KeyRevocations(store.active_key_ids, check_seconds=settings.key_cache_seconds)
-    service = DiscountService(store, feed, key_revocations)
+    service = CodeService(store, feed, key_revocations)
     metrics = None
     if settings.metrics_listen:
         metrics = Metrics(store, feed)
@@ -246,7 +246,7 @@ async def create_server(
     relay = ClaimRelay(store, feed, settings) if settings.nats_url else None
     if metrics is not None:
         metrics.relay = relay
-    discount_server = DiscountServer(
+    discount_server = ServerApp(
         server, store, feed, service, health_servicer, settings, metrics, deliverer, relay=relay
     )
     return discount_server, port

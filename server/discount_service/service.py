@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 MAX_GENERATE = 1_000_000
 
 
-class DiscountService:
+class CodeService:
+    """The codes of discount.v1.DiscountService: generating, claiming, watching, counting and redeeming them."""
+
     def __init__(self, store: Store, feed: ClaimFeed, key_revocations: KeyRevocations) -> None:
         self._store = store
         self._feed = feed

@@ -26,7 +26,7 @@ from .auth import Authenticator
 from .encoding import EncodedClaims, claim_to_proto
 from .models import Principal
 from .redemption import Redemption
-from .service import DiscountService
+from .service import CodeService
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,7 @@ class CallHandling:
 class DiscountServicer(CallHandling):
     def __init__(
         self,
-        service: DiscountService,
+        service: CodeService,
         authenticator: Authenticator,
         *,
         default_timeout: float = 30.0,

@@ -32,7 +32,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import errors, validation
-from .admin import PageTokens, resolve_page_size
+from .admin_service import PageTokens, resolve_page_size
 from .auth import require_brand_access
 from .models import Principal, Role
 from .store import AttemptRow, Store, WebhookRow

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from discount_service.admin import MAX_PAGE_SIZE, PageTokens, resolve_page_size
+from discount_service.admin_service import MAX_PAGE_SIZE, PageTokens, resolve_page_size
 from discount_service.errors import InvalidArgument
 
 EXAMPLES = settings(database=None, max_examples=200, deadline=None)

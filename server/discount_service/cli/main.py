@@ -11,9 +11,9 @@ from typing import Any
 
 from .. import errors
 from ..settings import Settings, SettingsError
-from .admin import add_admin_commands
 from .client import add_client_commands
 from .common import CommandError, configure_logging
+from .operator import add_operator_commands
 from .serve import add_serve_commands
 from .webhook import add_webhook_commands
 
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="discount", description="The discount-code service.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_serve_commands(sub)
-    add_admin_commands(sub)
+    add_operator_commands(sub)
     add_client_commands(sub)
     add_webhook_commands(sub)
     if dev_commands is not None:

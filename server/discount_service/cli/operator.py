@@ -88,7 +88,7 @@ DIRECT = (
 )
 
 
-def add_admin_commands(sub: Any) -> None:  # argparse's subparsers action has no public type
+def add_operator_commands(sub: Any) -> None:  # argparse's subparsers action has no public type
     """Adds brand and key, each with its subcommands, to the `discount` parser."""
     brand = sub.add_parser(
         "brand", help="manage brands (on the database directly)", description=f"Manage brands. {DIRECT}"

@@ -2,7 +2,7 @@
 
 No gRPC here and no SQL: admin_servicer.py translates protobuf to these calls, and the store runs
 the statements. `discount brand ...` and `discount key ...` do the same directly on the database
-(cli/admin.py); bootstrapping the first admin key can only be done that way.
+(cli/operator.py); bootstrapping the first admin key can only be done that way.
 
 Listings page in key order (brand_id, key_id) with a keyset cursor: a page costs one index range
 scan however deep it is, and brands or keys created meanwhile never shift a later page. The page
