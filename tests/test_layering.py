@@ -41,6 +41,7 @@ DOMAIN = {
     "errors",
     "webhooks",
     "redemption",
+    "expiry_sweep",
 }
 STORE = {"store", "embedded"}
 SHARED = {"settings", "logs", "eventloop", "deadline", "__init__"}

@@ -20,6 +20,7 @@ from discount.v1 import webhook_service_pb2 as webhook_pb
 from .admin_service import AdminService
 from .admin_servicer import ADMIN_SERVICE_NAME, AdminServicer, add_admin_to_server
 from .auth import Authenticator
+from .expiry_sweep import ExpirySweep
 from .feed import ClaimFeed
 from .jetstream import check_stream_at_start
 from .metrics import Metrics
@@ -72,11 +73,16 @@ class ServerApp:
     metrics: Metrics | None = None
     webhooks: WebhookDeliverer | None = None
     relay: ClaimRelay | None = None
+    # Takes expired codes out of the claim path (made on start when not given).
+    expiry_sweep: ExpirySweep | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _on_stop: list[Callable[[], object]] = field(default_factory=list)
 
     async def start(self) -> None:
         await self.feed.start()
+        if self.expiry_sweep is None:
+            self.expiry_sweep = ExpirySweep(self.store)
+        self.expiry_sweep.start()
         if self.webhooks is not None:
             await self.webhooks.start()
         if self.relay is not None:
@@ -116,6 +122,8 @@ class ServerApp:
             await asyncio.sleep(min(drain, grace / 2))
         for task in self._tasks:
             task.cancel()
+        if self.expiry_sweep is not None:
+            await self.expiry_sweep.stop()
         if self.webhooks is not None:
             await self.webhooks.stop()
         if self.relay is not None:

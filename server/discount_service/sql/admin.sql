@@ -31,29 +31,25 @@ WHERE k.key_hash = %(key_hash)s AND k.revoked_at IS NULL;
 SELECT key_id FROM api_keys WHERE key_id = ANY(%(key_ids)s::text[]) AND revoked_at IS NULL;
 
 -- name: brand_stats
--- A brand's total, claimed and expired codes; only a brand with an expired batch pays for the count.
+-- A brand's total, claimed and expired codes, exact: the expired codes the expiry sweep counted on
+-- the feed head, plus those expired since and not swept yet (index codes_expiring: none once the
+-- sweep has run, so no code is read).
 SELECT h.total_codes,
        h.last_sequence AS claimed,
-       CASE WHEN EXISTS (SELECT 1 FROM code_batches cb
-                         WHERE cb.brand_key = h.brand_key AND cb.expires_at <= now())
-            THEN (SELECT count(*) FROM codes c
-                  WHERE c.brand_key = h.brand_key AND NOT c.claimed AND c.code_key > 0
-                    AND c.expires_at <= now())
-            ELSE 0 END AS expired
+       h.expired_codes + (SELECT count(*) FROM codes c
+                          WHERE c.brand_key = h.brand_key AND NOT c.claimed AND NOT c.expired
+                            AND c.expires_at <= now()) AS expired
 FROM brands b JOIN brand_feed_heads h USING (brand_key)
 WHERE b.brand_id = %(brand_id)s;
 
 -- name: codes_available
--- Every brand's claimable codes, for the metrics endpoint (cached there). The feed head holds
--- total and claimed; only brands with an expired batch pay for counting expired codes.
+-- Every brand's claimable codes, for the metrics endpoint (cached there): total less claimed less
+-- expired, counted as brand_stats counts them.
 SELECT b.brand_id,
-       h.total_codes - h.last_sequence
-       - CASE WHEN EXISTS (SELECT 1 FROM code_batches cb
-                           WHERE cb.brand_key = h.brand_key AND cb.expires_at <= now())
-              THEN (SELECT count(*) FROM codes c
-                    WHERE c.brand_key = h.brand_key AND NOT c.claimed AND c.code_key > 0
-                      AND c.expires_at <= now())
-              ELSE 0 END AS available
+       h.total_codes - h.last_sequence - h.expired_codes
+       - (SELECT count(*) FROM codes c
+          WHERE c.brand_key = h.brand_key AND NOT c.claimed AND NOT c.expired
+            AND c.expires_at <= now()) AS available
 FROM brands b JOIN brand_feed_heads h USING (brand_key)
 ORDER BY b.brand_id;
 

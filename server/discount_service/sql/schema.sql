@@ -26,11 +26,13 @@ CREATE TABLE brands (
 -- A claim bumps `last_sequence` as its last statement and holds the row lock until it commits, so
 -- sequences are gapless and become visible in sequence order (docs/design.md#trap-outbox-order).
 -- Nothing indexed is updated and the low fillfactor leaves room on the page, so every bump is a
--- HOT update. `last_sequence` doubles as the brand's claim count.
+-- HOT update. `last_sequence` doubles as the brand's claim count. `expired_codes` counts the codes
+-- the expiry sweep took out of the claim path (expiry_sweep.py), in the transaction that marks them.
 CREATE TABLE brand_feed_heads (
     brand_key     integer PRIMARY KEY REFERENCES brands (brand_key),
     last_sequence bigint NOT NULL DEFAULT 0,
-    total_codes   bigint NOT NULL DEFAULT 0
+    total_codes   bigint NOT NULL DEFAULT 0,
+    expired_codes bigint NOT NULL DEFAULT 0
 ) WITH (fillfactor = 20);
 
 -- API keys are stored only as SHA-256 digests of 256-bit random secrets. A brand key is bound to
@@ -73,10 +75,14 @@ CREATE TABLE code_batches (
     prefix      text NOT NULL,
     expires_at  timestamptz,
     created_at  timestamptz NOT NULL DEFAULT now(),
+    expired_swept boolean NOT NULL DEFAULT false,
     PRIMARY KEY (brand_key, batch_key),
     UNIQUE (brand_key, batch_id),
     UNIQUE (brand_key, request_id)
 );
+-- The batches whose codes expired and the expiry sweep has not swept yet: where it finds the brands
+-- to sweep, without reading a code.
+CREATE INDEX code_batches_to_sweep ON code_batches (expires_at) WHERE NOT expired_swept AND expires_at IS NOT NULL;
 
 -- Every generated code; they arrive by the million through COPY, in the transaction that writes
 -- their brand's batch row. `code_key` orders codes oldest first, and the claim takes them in that
@@ -88,11 +94,17 @@ CREATE TABLE codes (
     code       text NOT NULL,
     code_key   bigint GENERATED ALWAYS AS IDENTITY (CACHE 1000),
     claimed    boolean NOT NULL DEFAULT false,
+    expired    boolean NOT NULL DEFAULT false,
     PRIMARY KEY (brand_key, code)
 );
--- `claimed` flips once, so this partial index holds only free codes: it is the only index that can
--- serve the code pick, and its plan cannot drift onto the primary key (docs/design.md#trap-plan-drift).
-CREATE INDEX codes_free ON codes (brand_key, code_key) WHERE NOT claimed;
+-- `claimed` flips once, and so does `expired` (set by the expiry sweep on an unclaimed code past its
+-- expires_at), so this partial index holds only free codes: it is the only index that can serve the
+-- code pick, its plan cannot drift onto the primary key (docs/design.md#trap-plan-drift), and swept
+-- codes are not in a claim's path (docs/design.md#trap-expired-scan).
+CREATE INDEX codes_free ON codes (brand_key, code_key) WHERE NOT claimed AND NOT expired;
+-- Free codes with an expiry, soonest first: what the sweep takes, and the exact count of codes that
+-- expired but are not swept yet, which brand stats add to the feed head's `expired_codes`.
+CREATE INDEX codes_expiring ON codes (brand_key, expires_at) WHERE NOT claimed AND NOT expired AND expires_at IS NOT NULL;
 
 -- Who got which code, and the brand's durable claim feed (the outbox), in one row: the feed is
 -- read by `sequence > cursor`, which the gapless, commit-ordered sequences make a safe resume point.
@@ -196,7 +208,7 @@ BEGIN
         SELECT f.ctid, f.code, f.expires_at, f.code_key INTO v_ctid, v_code, v_expires, v_code_key
         FROM codes f
         WHERE f.brand_key = v_brand AND NOT f.claimed AND f.code_key > v_hint
-          AND (f.expires_at IS NULL OR f.expires_at > now())
+          AND NOT f.expired AND (f.expires_at IS NULL OR f.expires_at > now())
         ORDER BY f.code_key LIMIT 1
         FOR UPDATE SKIP LOCKED;
         v_found := FOUND;
@@ -206,7 +218,7 @@ BEGIN
             SELECT f.ctid, f.code, f.expires_at, f.code_key INTO v_ctid, v_code, v_expires, v_code_key
             FROM codes f
             WHERE f.brand_key = v_brand AND NOT f.claimed AND f.code_key > 0
-              AND (f.expires_at IS NULL OR f.expires_at > now())
+              AND NOT f.expired AND (f.expires_at IS NULL OR f.expires_at > now())
             ORDER BY f.code_key LIMIT 1
             FOR UPDATE SKIP LOCKED;
             v_found := FOUND;

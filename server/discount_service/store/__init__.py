@@ -11,6 +11,7 @@ from __future__ import annotations
 from ._admin import Admin, StatsRow
 from ._claims import ClaimItem, ClaimRow, Claims
 from ._errors import translate_errors, unique_violation
+from ._expiry import BrandToSweep, Expiry, SweepRound
 from ._feed import Feed
 from ._generation import GENERATION_CHUNK, BatchRow, Generation
 from ._migrations import (
@@ -40,11 +41,13 @@ __all__ = [
     "WebhookLocks",
     "WebhookRow",
     "BatchRow",
+    "BrandToSweep",
     "ClaimItem",
     "ClaimRow",
     "RelayLock",
     "RelayStanding",
     "StatsRow",
+    "SweepRound",
     "Store",
     "split_statements",
     "translate_errors",
@@ -52,5 +55,5 @@ __all__ = [
 ]
 
 
-class Store(Claims, Feed, Admin, Generation, Migrations, Webhooks, Redemptions, Relay):
+class Store(Claims, Feed, Admin, Generation, Migrations, Webhooks, Redemptions, Relay, Expiry):
     """Async access to PostgreSQL through one connection pool, plus one LISTEN connection."""
