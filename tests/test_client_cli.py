@@ -86,6 +86,7 @@ async def test_generate_1m_with_progress_interrupted_and_rerun_never_doubles(ser
         "available": 1_000_000,
         "claimed": 0,
         "expired": 0,
+        "redeemed": 0,
     }
     batches = sql(server.database_url, "SELECT request_id, generated FROM code_batches ORDER BY request_id")
     assert batches == [(f"run-1-{i}", 100_000) for i in range(10)]
@@ -135,7 +136,14 @@ async def test_claim_and_stats_print_what_the_server_says(server: ServerHandle) 
 
     code, out, err = await discount("stats", "acme", env=brand)
     assert code == 0, err
-    assert out.splitlines() == ["brand      acme", "total      10", "available  9", "claimed    1", "expired    0"]
+    assert out.splitlines() == [
+        "brand      acme",
+        "total      10",
+        "available  9",
+        "claimed    1",
+        "expired    0",
+        "redeemed   0",
+    ]
 
 
 async def test_watch_prints_claims_live_and_keeps_going_across_a_server_restart(database_url: str) -> None:

@@ -3,6 +3,7 @@ order its checks run in, idempotent repeats, case, stats and who may call."""
 
 from __future__ import annotations
 
+import asyncio
 import unicodedata
 from dataclasses import dataclass
 
@@ -304,3 +305,51 @@ async def test_stats_count_standing_redemptions_within_claimed(shop: Shop) -> No
     final = await shop.stats()
     assert final.redeemed == 3
     assert final.total == final.available + final.claimed + final.expired == 20
+
+
+async def test_both_python_clients_redeem_cancel_and_raise_by_reason(shop: Shop) -> None:
+    from discount_client import (
+        AsyncDiscountClient,
+        CodeAlreadyRedeemed,
+        CodeExpired,
+        CodeNotFound,
+        CodeNotHeldByUser,
+        DiscountClient,
+        RedemptionCancelled,
+        RedemptionNotFound,
+    )
+
+    address = shop.server.address
+    alice, bob, carol = await shop.claim("alice"), await shop.claim("bob"), await shop.claim("carol")
+    async with AsyncDiscountClient(address, shop.key) as client:
+        first = await client.redeem_code("acme", alice.lower(), "alice", "order-1")
+        assert first.newly_redeemed and first.redemption.code == alice and first.redemption.cancelled_at is None
+        again = await client.redeem_code("acme", alice, "alice", "order-1")
+        assert again.newly_redeemed is False and again.redemption == first.redemption
+        with pytest.raises(CodeAlreadyRedeemed) as taken:
+            await client.redeem_code("acme", alice, "alice", "order-2")
+        assert (taken.value.code, taken.value.reason) == ("FAILED_PRECONDITION", "CODE_ALREADY_REDEEMED")
+        with pytest.raises(CodeNotHeldByUser):
+            await client.redeem_code("acme", bob, "alice", "order-3")
+        with pytest.raises(CodeNotFound):
+            await client.redeem_code("acme", "T-NOSUCHCODE", "alice", "order-3")
+        cancelled = await client.cancel_redemption("acme", alice, "order-1")
+        assert cancelled.cancelled_at is not None and cancelled.redeemed_at == first.redemption.redeemed_at
+        with pytest.raises(RedemptionCancelled):
+            await client.redeem_code("acme", alice, "alice", "order-1")
+        with pytest.raises(RedemptionNotFound):
+            await client.cancel_redemption("acme", alice, "order-9")
+        assert (await shop.stats()).redeemed == 0
+    shop.expire(carol)
+
+    def sync_calls() -> None:
+        with DiscountClient(address, shop.key) as client:
+            result = client.redeem_code("acme", bob, "bob", "order-b")
+            assert result.newly_redeemed and result.redemption.user_id == "bob"
+            again = client.cancel_redemption("acme", bob.lower(), "order-b")
+            assert again.cancelled_at is not None
+            assert client.cancel_redemption("acme", bob, "order-b").cancelled_at == again.cancelled_at
+            with pytest.raises(CodeExpired):
+                client.redeem_code("acme", carol, "carol", "order-c")
+
+    await asyncio.to_thread(sync_calls)

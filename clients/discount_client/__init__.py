@@ -23,11 +23,16 @@ from ._common import (
     RetryPolicy,
     WatchBackoff,
 )
+from ._redemptions import RedeemResult, Redemption
 from ._webhooks import NewWebhookSecret, Webhook, WebhookDelivery, WebhookDeliveryPage, WebhookState
 from .aio import AsyncDiscountClient
 from .client import DiscountClient
 from .errors import (
     AlreadyExists,
+    CodeAlreadyRedeemed,
+    CodeExpired,
+    CodeNotFound,
+    CodeNotHeldByUser,
     DeadlineExceeded,
     DiscountError,
     FailedPrecondition,
@@ -36,6 +41,8 @@ from .errors import (
     NoCodesLeft,
     NotFound,
     PermissionDenied,
+    RedemptionCancelled,
+    RedemptionNotFound,
     RequestTooLarge,
     Unauthenticated,
     Unavailable,
@@ -70,6 +77,14 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "WatchBackoff",
+    "CodeAlreadyRedeemed",
+    "CodeExpired",
+    "CodeNotFound",
+    "CodeNotHeldByUser",
+    "RedeemResult",
+    "Redemption",
+    "RedemptionCancelled",
+    "RedemptionNotFound",
     "NewWebhookSecret",
     "Webhook",
     "WebhookDelivery",

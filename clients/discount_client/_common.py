@@ -152,6 +152,8 @@ class BrandStats:
     available: int
     claimed: int
     expired: int
+    # Claimed codes with a redemption that stands (within `claimed`).
+    redeemed: int = 0
 
 
 def new_request_id() -> str:
@@ -229,4 +231,5 @@ def brand_stats(response: pb.GetBrandStatsResponse) -> BrandStats:
         available=response.available,
         claimed=response.claimed,
         expired=response.expired,
+        redeemed=response.redeemed,
     )

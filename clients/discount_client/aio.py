@@ -17,10 +17,11 @@ from discount.v1 import admin_service_pb2 as admin_pb
 from discount.v1 import discount_service_pb2 as pb
 from discount.v1 import webhook_service_pb2 as webhook_pb
 
-from . import _admin, _common, _webhooks
+from . import _admin, _common, _redemptions, _webhooks
 from ._admin import ApiKey, ApiKeyPage, Brand, BrandPage, NewApiKey, Role
 from ._common import BrandStats, Claim, ClaimResult, GenerateResult, RetryPolicy, WatchBackoff
 from ._connectivity import AsyncChannelReadiness
+from ._redemptions import RedeemResult, Redemption
 from ._webhooks import NewWebhookSecret, Webhook, WebhookDeliveryPage
 from .errors import DiscountError, InvalidArgument, from_rpc_error, status_code
 
@@ -133,6 +134,26 @@ class AsyncDiscountClient:
         """Counts the brand's codes by state."""
         request = pb.GetBrandStatsRequest(brand_id=brand_id)
         return _common.brand_stats(await self._call("GetBrandStats", request, timeout))
+
+    async def redeem_code(
+        self, brand_id: str, code: str, user_id: str, order_id: str, *, timeout: float | None = None
+    ) -> RedeemResult:
+        """Records that the user used their claimed code on the order (the code's case does not
+        matter). The same order again returns its first redemption with `newly_redeemed` False.
+        Raises `CodeNotFound`, `CodeNotHeldByUser`, `CodeExpired`, `CodeAlreadyRedeemed` (another
+        order's redemption stands) or `RedemptionCancelled` (this order's was cancelled: use a new
+        order id)."""
+        request = pb.RedeemCodeRequest(brand_id=brand_id, code=code, user_id=user_id, order_id=order_id)
+        return _redemptions.redeem_result(await self._call("RedeemCode", request, timeout))
+
+    async def cancel_redemption(
+        self, brand_id: str, code: str, order_id: str, *, timeout: float | None = None
+    ) -> Redemption:
+        """Cancels the order's redemption of the code, so its holder can use it on another order;
+        cancelling again returns the first cancellation's time. Raises `CodeNotFound` or
+        `RedemptionNotFound` (the order never redeemed the code)."""
+        request = pb.CancelRedemptionRequest(brand_id=brand_id, code=code, order_id=order_id)
+        return _redemptions.cancel_result(await self._call("CancelRedemption", request, timeout))
 
     async def watch_claims(
         self,

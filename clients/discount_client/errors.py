@@ -89,6 +89,33 @@ class IdempotencyKeyReused(FailedPrecondition):
     different parameters; ``field`` names the first that differs. Nothing was created."""
 
 
+class CodeNotFound(NotFound):
+    """NOT_FOUND with reason CODE_NOT_FOUND: the brand has no such code."""
+
+
+class RedemptionNotFound(NotFound):
+    """NOT_FOUND with reason REDEMPTION_NOT_FOUND: the order never redeemed the code."""
+
+
+class CodeNotHeldByUser(FailedPrecondition):
+    """FAILED_PRECONDITION with reason CODE_NOT_HELD_BY_USER: the user did not claim this code (it is
+    unclaimed or someone else's; the service does not say which)."""
+
+
+class CodeExpired(FailedPrecondition):
+    """FAILED_PRECONDITION with reason CODE_EXPIRED: the code is past its expiry."""
+
+
+class CodeAlreadyRedeemed(FailedPrecondition):
+    """FAILED_PRECONDITION with reason CODE_ALREADY_REDEEMED: another order's redemption of the code
+    stands; it must be cancelled before the code can be used again."""
+
+
+class RedemptionCancelled(FailedPrecondition):
+    """FAILED_PRECONDITION with reason REDEMPTION_CANCELLED: this order's redemption of the code was
+    cancelled; a new order id can redeem it."""
+
+
 class Unauthenticated(DiscountError):
     """UNAUTHENTICATED: the API key is missing, unknown or revoked."""
 
@@ -115,6 +142,12 @@ _BY_REASON: dict[str, type[DiscountError]] = {
     "BRAND_ALREADY_EXISTS": AlreadyExists,
     "NO_CODES_LEFT": NoCodesLeft,
     "IDEMPOTENCY_KEY_REUSED": IdempotencyKeyReused,
+    "CODE_NOT_FOUND": CodeNotFound,
+    "REDEMPTION_NOT_FOUND": RedemptionNotFound,
+    "CODE_NOT_HELD_BY_USER": CodeNotHeldByUser,
+    "CODE_EXPIRED": CodeExpired,
+    "CODE_ALREADY_REDEEMED": CodeAlreadyRedeemed,
+    "REDEMPTION_CANCELLED": RedemptionCancelled,
     "UNAUTHENTICATED": Unauthenticated,
     "PERMISSION_DENIED": PermissionDenied,
     "DATABASE_UNAVAILABLE": Unavailable,

@@ -209,7 +209,7 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> None:
         _print(json.dumps(stats.__dict__))
         return
     _print(f"{'brand':<10} {stats.brand_id}")
-    for name in ("total", "available", "claimed", "expired"):
+    for name in ("total", "available", "claimed", "expired", "redeemed"):
         _print(f"{name:<10} {getattr(stats, name):,}")
 
 
