@@ -19,7 +19,16 @@ from pathlib import Path
 import pytest
 
 from discount_client import AsyncDiscountClient, InvalidArgument
-from tests.support import BIN, ROOT, ServerHandle, create_brand, create_key, free_port
+from tests.support import (
+    BIN,
+    ROOT,
+    ServerHandle,
+    claim_request,
+    create_brand,
+    create_key,
+    free_port,
+    generate_codes_sql,
+)
 
 DIRECTLY = (
     "Acts on the database directly (DISCOUNT_DATABASE_URL, or the embedded PostgreSQL in DISCOUNT_DATA_DIR), "
@@ -195,6 +204,27 @@ def test_a_key_list_cut_short_by_its_reader_ends_quietly(database_url: str) -> N
     finally:
         os.close(write_end)
     assert (result.returncode, result.stderr) == (141, "")
+
+
+async def test_a_watch_cut_short_by_its_reader_ends_quietly_too(server: ServerHandle) -> None:
+    create_brand(server.database_url, "acme")
+    generate_codes_sql(server.database_url, "acme", 1)
+    channel, stub = server.aio_stub()
+    async with channel:
+        await stub.ClaimCode(claim_request("acme", "alice"), metadata=server.metadata())
+    key = create_key(server.database_url, "brand", "acme")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        watch = await asyncio.create_subprocess_exec(
+            str(BIN / "discount"), "watch", "acme",
+            env=fresh_env(DISCOUNT_ADDRESS=server.address, DISCOUNT_API_KEY=key),
+            stdout=write_end, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    _, stderr = await asyncio.wait_for(watch.communicate(), 60)
+    assert (watch.returncode, stderr.decode()) == (141, "")
 
 
 def test_a_captured_key_leaves_a_note_that_makes_sense_on_its_own(database_url: str) -> None:

@@ -271,12 +271,9 @@ def cmd_watch(args: argparse.Namespace, settings: Settings) -> None:
         )
     address = os.environ.get("DISCOUNT_ADDRESS") or discount_client.DEFAULT_ADDRESS
     with _client() as client:
-        try:
-            for claim in client.watch_claims(args.brand_id, args.after, on_disconnect=_DisconnectReport(address)):
-                _print(render(claim))
-        except BrokenPipeError:
-            # The reader went away (e.g. `| head`): stop quietly, without a traceback at exit.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # A reader that goes away (`| head`) ends the watch through main's BrokenPipeError, as for every command.
+        for claim in client.watch_claims(args.brand_id, args.after, on_disconnect=_DisconnectReport(address)):
+            _print(render(claim))
 
 
 # -- parser --------------------------------------------------------------------------------------
