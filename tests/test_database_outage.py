@@ -103,12 +103,14 @@ async def test_an_outage_is_answered_at_once_with_a_reason_and_logged_once(
             await proxy.restore()
             restored_at = time.monotonic()
             # Until a claim sent now succeeds; then a steady stretch that must succeed throughout.
-            while (await _claim(stub, server.metadata(), f"probe-{sent}", 30.0)).status is not grpc.StatusCode.OK:
+            probes: list[Outcome] = []
+            while not probes or probes[-1].status is not grpc.StatusCode.OK:
                 assert time.monotonic() - restored_at < 10, "claims did not succeed again within 10 s"
+                probes.append(await _claim(stub, server.metadata(), f"probe-{len(probes)}", 30.0))
                 await claims_for(0.2)
             recovered_at = time.monotonic()
             await claims_for(1.5)
-            outcomes = await asyncio.gather(*calls)
+            outcomes = [*await asyncio.gather(*calls), *probes]
 
     before = [o for o in outcomes if o.started + o.seconds < cut_at]
     after = [o for o in outcomes if o.started > recovered_at]

@@ -21,6 +21,7 @@ TRANSPORT = {
     "serving",
     "workers",
     "metrics",
+    "limits",
     "webhook_servicer",
     "webhook_delivery",
     "webhook_http",

@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,12 +23,13 @@ from .admin_servicer import ADMIN_SERVICE_NAME, AdminServicer, add_admin_to_serv
 from .auth import Authenticator
 from .expiry_sweep import ExpirySweep
 from .feed import ClaimFeed
+from .limits import Capacity
 from .jetstream import check_stream_at_start
 from .metrics import Metrics
 from .relay import ClaimRelay
 from .revocation import KeyRevocations
 from .service import CodeService
-from .servicer import SERVICE_NAME, CallObserver, DiscountServicer, add_to_server
+from .servicer import SERVICE_NAME, CallHandling, CallObserver, DiscountServicer, add_to_server
 from .settings import Settings
 from .store import Store
 from .webhook_delivery import WebhookDeliverer
@@ -35,6 +37,8 @@ from .webhook_servicer import WebhookServicer, add_webhooks_to_server
 from .webhooks import SecretBox, WebhookService
 
 log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=CallHandling)
 
 HEALTH_CHECK_SECONDS = 1.0
 # On SIGTERM, how long the server keeps serving (reporting NOT_SERVING) before it stops accepting calls.
@@ -167,6 +171,9 @@ async def create_server(
         metrics = Metrics(store, feed)
         observe = metrics.observe if observe is None else _observe_both(observe, metrics.observe)
     observe = _counting_refused_calls(store, observe)
+    capacity = Capacity(settings.max_inflight_calls, settings.max_open_streams)
+    if metrics is not None:
+        metrics.capacity = capacity
 
     jwt_verifier = None
     if settings.jwt_secret or settings.jwt_public_key:
@@ -191,7 +198,7 @@ async def create_server(
         ("grpc.keepalive_permit_without_calls", 1),
     ]
     server = grpc.aio.server(options=options)
-    add_to_server(
+    _sharing(capacity, add_to_server)(
         DiscountServicer(
             service,
             authenticator,
@@ -201,7 +208,7 @@ async def create_server(
         ),
         server,
     )
-    add_admin_to_server(
+    _sharing(capacity, add_admin_to_server)(
         AdminServicer(
             AdminService(store, on_key_revoked=authenticator.forget_key),
             authenticator,
@@ -221,7 +228,7 @@ async def create_server(
     if metrics is not None:
         metrics.watch_webhooks(deliverer)
         deliverer.observer = metrics
-    add_webhooks_to_server(
+    _sharing(capacity, add_webhooks_to_server)(
         WebhookServicer(
             WebhookService(store, box, allow_insecure=settings.webhook_allow_insecure, on_change=deliverer.poke),
             authenticator,
@@ -278,3 +285,13 @@ def _counting_refused_calls(store: Store, observe: CallObserver | None) -> CallO
             observe(method, status, seconds)
 
     return observed
+
+
+def _sharing(capacity: Capacity, add: Callable[[S, grpc.aio.Server], None]) -> Callable[[S, grpc.aio.Server], None]:
+    """`add` (a servicer's registration) with the servicer counted against the server's one capacity."""
+
+    def add_sharing(servicer: S, server: grpc.aio.Server) -> None:
+        servicer.share_capacity(capacity)
+        add(servicer, server)
+
+    return add_sharing

@@ -98,7 +98,7 @@ class ClaimBatcher:
             # left yet drops the claim.
             return await asyncio.wait_for(future, budget)
         except TimeoutError:
-            raise errors.Unavailable(
+            raise errors.DatabaseOutage(
                 "the database did not answer before the call's deadline; retry",
                 retry_after_seconds=self._store.retry_after_seconds,
             ) from None

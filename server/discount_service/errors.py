@@ -119,6 +119,11 @@ class Unavailable(DiscountError):
         self.retry_after_seconds = retry_after_seconds
 
 
+class DatabaseOutage(Unavailable):
+    """No connection to the database: refused, broken, or none free in time. The store logs an
+    outage once, when it starts and when it ends, so a call that meets one is not logged again."""
+
+
 class Throttled(DiscountError):
     """The call was refused before any work, to protect the server; retry after `retry_after_seconds`."""
 

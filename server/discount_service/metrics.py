@@ -5,7 +5,10 @@
 - `discount_codes_available{brand_id}`: codes a user could claim now, per brand, read from the
   database at scrape time and cached for `cache_seconds`;
 - `discount_watchers_connected`: open WatchClaims streams of this process;
-- `discount_db_pool_*`: the connection pool (size, idle, max, waiting requests).
+- `discount_db_pool_*`: the connection pool (size, idle, max, waiting requests);
+- `discount_calls_refused_total{reason}`: calls refused to protect the server, before any work
+  (OVERLOADED: over its limit of calls in flight or open streams; RATE_LIMITED: a host's failed
+  authentications), with `discount_calls_in_flight` and `discount_streams_open` against their limits.
 
 The HTTP server runs in its own thread; the scrape reaches the store through the server's event
 loop, so the pool is never touched from another thread.
@@ -22,11 +25,12 @@ from typing import Protocol
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from . import errors
 from .feed import ClaimFeed
+from .limits import Capacity
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -59,7 +63,7 @@ class _StateCollector(Collector):
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[Metric]:
         m = self._metrics
         available = GaugeMetricFamily(
             "discount_codes_available", "Codes of the brand that can be claimed now", labels=["brand_id"]
@@ -103,6 +107,21 @@ class _StateCollector(Collector):
             "Calls waiting for a database connection",
             value=stats.get("requests_waiting", 0),
         )
+        if m.capacity is not None:
+            yield from _capacity_metrics(m.capacity)
+
+
+def _capacity_metrics(capacity: Capacity) -> Iterable[Metric]:
+    refused = CounterMetricFamily(
+        "discount_calls_refused", "Calls refused before any work to protect the server, by reason", labels=["reason"]
+    )
+    for reason in ("OVERLOADED", "RATE_LIMITED"):
+        refused.add_metric([reason], capacity.refused[reason])
+    yield refused
+    yield GaugeMetricFamily("discount_calls_in_flight", "Unary calls being handled", value=capacity.calls)
+    yield GaugeMetricFamily("discount_calls_in_flight_max", "Most unary calls at once", value=capacity.max_calls)
+    yield GaugeMetricFamily("discount_streams_open", "Streams open (WatchClaims)", value=capacity.streams)
+    yield GaugeMetricFamily("discount_streams_open_max", "Streams open at once at most", value=capacity.max_streams)
 
 
 class Metrics:
@@ -134,6 +153,7 @@ class Metrics:
         )
         self.webhooks: WebhookLag | None = None
         self.relay: RelayLag | None = None  # the NATS relay, when DISCOUNT_NATS_URL is set (app.py)
+        self.capacity: Capacity | None = None  # the server's limits, once it has them (app.py)
         self.registry.register(_StateCollector(self))
         self._cache_seconds = cache_seconds
         self._available: list[tuple[str, int]] = []

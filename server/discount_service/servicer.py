@@ -5,6 +5,7 @@ encoding.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -24,6 +25,7 @@ from discount.v1 import discount_service_pb2 as pb
 from . import deadline, errors
 from .auth import Authenticator
 from .encoding import EncodedClaims, claim_to_proto
+from .limits import Capacity, peer_host
 from .models import Principal
 from .redemption import Redemption
 from .service import CodeService
@@ -90,13 +92,16 @@ class Failure:
 
 def status_for(method: str, exc: Exception) -> Failure:
     """How a call that raised `exc` answers, unary and streaming alike. Logs an unexpected error in
-    full; an outage is the store's to log, once per outage, not once per call."""
+    full, and another UNAVAILABLE as a warning; a database outage is the store's to log, once per
+    outage, not once per call."""
     if isinstance(exc, errors.DiscountError):
         # The most specific mapped class: IdempotencyKeyReused is a FailedPrecondition.
         mapped = (STATUS_FOR_ERROR.get(cls) for cls in type(exc).__mro__)
         code = next((c for c in mapped if c is not None), grpc.StatusCode.INTERNAL)
-        if code is grpc.StatusCode.UNAVAILABLE and log.isEnabledFor(logging.DEBUG):
+        if isinstance(exc, errors.DatabaseOutage):
             log.debug("%s unavailable: %s", method, exc.__cause__ or exc)
+        elif code is grpc.StatusCode.UNAVAILABLE:  # not an outage (say a lock timeout): worth a look each time
+            log.warning("%s unavailable: %s", method, exc.__cause__ or exc)
         return Failure(
             code,
             str(exc),
@@ -148,10 +153,14 @@ MAX_CLAIMS_PER_RESPONSE = 1000
 T = TypeVar("T")
 Context = grpc.aio.ServicerContext[Any, Any]
 
+# Refusals that protect the server: counted and logged in limits.Capacity, not once per call.
+REFUSAL_REASONS = frozenset({errors.RateLimited.reason, errors.Overloaded.reason})
+
 
 class CallHandling:
-    """What every servicer of this server shares: the caller's credential, the unary call's
-    deadline, the one mapping of failures to statuses, and one log line and metric per call."""
+    """What every servicer of this server shares: the limits on calls in flight and open streams,
+    the caller's credential (and the throttle on failed ones), the unary call's deadline, the one
+    mapping of failures to statuses, and one log line and metric per call."""
 
     def __init__(
         self,
@@ -163,9 +172,42 @@ class CallHandling:
         self._auth = authenticator
         self._default_timeout = default_timeout
         self._observe = observe
+        self._capacity: Capacity | None = None
+
+    def share_capacity(self, capacity: Capacity) -> None:
+        """Every servicer of a server counts its calls and streams against the same limits."""
+        self._capacity = capacity
+
+    def _call_place(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext() if self._capacity is None else self._capacity.call()
+
+    def guarded_stream(
+        self, method: str, handler: Callable[[Any, Context], AsyncIterator[T]]
+    ) -> Callable[[Any, Context], AsyncIterator[T]]:
+        """`handler` behind the limit on open streams: past it, the stream is refused before its
+        handler (and its authentication) runs."""
+
+        async def guarded(request: Any, context: Context) -> AsyncIterator[T]:
+            if self._capacity is not None:
+                try:
+                    self._capacity.open_stream()
+                except errors.Overloaded as exc:
+                    failure = status_for(method, exc)
+                    self._finished(method, context, time.perf_counter(), failure)
+                    await failure.abort(context)
+            try:
+                async for message in handler(request, context):
+                    yield message
+            finally:
+                if self._capacity is not None:
+                    self._capacity.close_stream()
+
+        return guarded
 
     async def _principal(self, context: Context) -> Principal:
-        return await self._auth.authenticate(_metadata(context, "x-api-key"), _metadata(context, "authorization"))
+        return await self._auth.authenticate(
+            _metadata(context, "x-api-key"), _metadata(context, "authorization"), peer=peer_host(context.peer())
+        )
 
     async def _unary(
         self,
@@ -177,14 +219,15 @@ class CallHandling:
         started = time.perf_counter()
         failure: Failure | None = None
         try:
-            if isinstance(request, MalformedRequest):
-                raise errors.InvalidArgument("the request body is not a valid protobuf message")
-            timeout = context.time_remaining()
-            if timeout is None or timeout > self._default_timeout:
-                timeout = self._default_timeout
-            async with asyncio.timeout(timeout):
-                with deadline.call_deadline(timeout):
-                    return await handler(await self._principal(context))
+            with self._call_place():
+                if isinstance(request, MalformedRequest):
+                    raise errors.InvalidArgument("the request body is not a valid protobuf message")
+                timeout = context.time_remaining()
+                if timeout is None or timeout > self._default_timeout:
+                    timeout = self._default_timeout
+                async with asyncio.timeout(timeout):
+                    with deadline.call_deadline(timeout):
+                        return await handler(await self._principal(context))
         except Exception as exc:  # noqa: BLE001 - every failure gets a status; status_for logs the unexpected
             failure = status_for(method, exc)
             await failure.abort(context)
@@ -196,10 +239,15 @@ class CallHandling:
         """Every call ends here, unary and streaming: one log line (a failure at INFO, a success at
         DEBUG) and the metrics. The line holds the reason and field but never the message or
         anything else the caller sent (user ids, emails, brand ids can be anything), nor a
-        credential: the peer address identifies the caller."""
+        credential: the peer address identifies the caller. A call refused to protect the server
+        (RATE_LIMITED, OVERLOADED) is counted instead, and logged at most every few seconds: a
+        flood must not flood the log too."""
         seconds = time.perf_counter() - started
         code = grpc.StatusCode.OK if failure is None else failure.code
-        if failure is not None:
+        if failure is not None and failure.reason in REFUSAL_REASONS:
+            if self._capacity is not None:
+                self._capacity.count_refusal(failure.reason)
+        elif failure is not None:
             log.info(
                 "%s failed: %s reason=%s%s peer=%s duration_ms=%.1f",
                 method,
@@ -376,7 +424,7 @@ def add_to_server(servicer: DiscountServicer, server: grpc.aio.Server) -> None:
             response_serializer=pb.CancelRedemptionResponse.SerializeToString,
         ),
         "WatchClaims": grpc.unary_stream_rpc_method_handler(
-            servicer.WatchClaims,
+            servicer.guarded_stream("WatchClaims", servicer.WatchClaims),
             request_deserializer=_lenient_parser(pb.WatchClaimsRequest),
             response_serializer=None,  # WatchClaims yields bytes, encoded once per claim
         ),

@@ -115,6 +115,9 @@ class Settings:
     default_call_timeout_seconds: float = 30.0
     # Watchers also poll this often, so a lost notification delays an event, never loses it.
     feed_poll_seconds: float = 1.0
+    # Past these, new calls are refused at once with RESOURCE_EXHAUSTED/OVERLOADED (docs/design.md#limits).
+    max_inflight_calls: int = 1000
+    max_open_streams: int = 10_000
     workers: int = 1
     metrics_listen: str | None = None
     tls_cert: Path | None = None
@@ -174,6 +177,8 @@ class Settings:
                 env, "DISCOUNT_DEFAULT_CALL_TIMEOUT_SECONDS", cls.default_call_timeout_seconds
             ),
             feed_poll_seconds=_float(env, "DISCOUNT_FEED_POLL_SECONDS", cls.feed_poll_seconds),
+            max_inflight_calls=_int(env, "DISCOUNT_MAX_INFLIGHT_CALLS", cls.max_inflight_calls, minimum=1),
+            max_open_streams=_int(env, "DISCOUNT_MAX_OPEN_STREAMS", cls.max_open_streams, minimum=1),
             workers=_int(env, "DISCOUNT_WORKERS", cls.workers, minimum=1),
             metrics_listen=env.get("DISCOUNT_METRICS_LISTEN") or None,
             tls_cert=tls_cert,

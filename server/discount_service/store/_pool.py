@@ -32,6 +32,16 @@ log = logging.getLogger(__package__)  # one logger for the whole store
 PROBE_SECONDS = 0.5
 
 
+def _lost_connection(exc: BaseException) -> bool:
+    """Whether `exc` says the server has no working connection to the database (none came, it
+    broke, the database refused or is shutting down), as opposed to a statement that failed on a
+    working one (a lock timeout is an OperationalError too)."""
+    if not is_connection_error(exc):
+        return False
+    sqlstate = getattr(exc, "sqlstate", None)
+    return sqlstate is None or sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03")
+
+
 class StoreBase:
     """Async access to PostgreSQL through one connection pool, plus one LISTEN connection."""
 
@@ -101,19 +111,19 @@ class StoreBase:
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         if self._outage_since is not None:
-            raise errors.Unavailable(
+            raise errors.DatabaseOutage(
                 "the database is unreachable; retry after the delay given", retry_after_seconds=PROBE_SECONDS
             )
         # A call with a deadline waits for a connection only while an answer can still reach it.
         wait = deadline.wait_budget(self._timeout)
         if wait is not None and wait <= 0:
-            raise errors.Unavailable("no database connection came free before the call's deadline; retry")
+            raise errors.DatabaseOutage("no database connection came free before the call's deadline; retry")
         try:
             async with self._pool.connection(timeout=wait) as conn:
                 yield conn
         except BaseException as exc:
             # A pool timeout cut short by the call's deadline says nothing about the database.
-            if is_connection_error(exc) and not (
+            if _lost_connection(exc) and not (
                 isinstance(exc, PoolTimeout) and wait is not None and wait < self._timeout
             ):
                 self._start_probe()
@@ -191,6 +201,8 @@ class StoreBase:
                     continue
                 if exc.retry_after_seconds is None:
                     exc.retry_after_seconds = self.retry_after_seconds
+                if cause is not None and _lost_connection(cause) and not isinstance(exc, errors.DatabaseOutage):
+                    raise errors.DatabaseOutage(str(exc), retry_after_seconds=exc.retry_after_seconds) from cause
                 raise
         raise AssertionError("unreachable")
 
