@@ -16,7 +16,7 @@ from email.utils import parsedate_to_datetime
 import httpx
 
 from . import errors
-from .webhooks import MAX_ERROR, check_url, resolve
+from .webhooks import MAX_ERROR, Target, check_url, resolve
 
 MAX_WAIT_SECONDS = 3600.0
 RESPONSE_READ_LIMIT = 64 * 1024  # of an answer's body: read only so the connection can be reused
@@ -76,25 +76,37 @@ class Poster:
     async def close(self) -> None:
         await self._client.aclose()
 
+    async def _send_to_first(
+        self, target: Target, addresses: list[str], headers: dict[str, str], content: bytes
+    ) -> httpx.Response:
+        """Sends to the first of the checked addresses that accepts a connection (a host may have
+        an IPv6 address the endpoint does not listen on), with the url's host as Host and TLS name."""
+        port = f":{target.parts.port}" if target.parts.port else ""
+        extensions = {"sni_hostname": target.host} if target.parts.scheme == "https" else {}
+        for index, address in enumerate(addresses):
+            host = f"[{address}]" if ":" in address else address
+            request = self._client.build_request(
+                "POST",
+                target.parts._replace(netloc=host + port).geturl(),
+                content=content,
+                headers={**headers, "host": target.parts.netloc},
+                extensions=extensions,
+            )
+            try:
+                return await self._client.send(request, stream=True)
+            except httpx.ConnectError:
+                if index + 1 == len(addresses):
+                    raise
+        raise AssertionError("resolve returns at least one address")
+
     async def post(self, url: str, headers: dict[str, str], content: bytes) -> Answer:
         started = time.perf_counter()
         status, retry_after, error = 0, None, ""
         try:
             async with asyncio.timeout(self._timeout):
                 target = check_url(url, allow_insecure=self._allow_insecure)
-                address = (await resolve(target, allow_insecure=self._allow_insecure))[0]
-                host = f"[{address}]" if ":" in address else address
-                port = f":{target.parts.port}" if target.parts.port else ""
-                pinned = target.parts._replace(netloc=host + port).geturl()
-                extensions = {"sni_hostname": target.host} if target.parts.scheme == "https" else {}
-                request = self._client.build_request(
-                    "POST",
-                    pinned,
-                    content=content,
-                    headers={**headers, "host": target.parts.netloc},
-                    extensions=extensions,
-                )
-                response = await self._client.send(request, stream=True)
+                addresses = await resolve(target, allow_insecure=self._allow_insecure)
+                response = await self._send_to_first(target, addresses, headers, content)
                 status = response.status_code
                 retry_after = retry_after_seconds(response.headers.get("retry-after"), datetime.now(UTC))
                 try:

@@ -1,0 +1,112 @@
+"""The delivery rules a brand's engineer relies on, one by one, through a real server and receiver:
+the retry schedule and the retry period, Retry-After as an HTTP date, redirects not followed, and
+the request going to the address that was checked with the url's host in `Host`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import pytest
+
+from discount.v1 import webhook_service_pb2 as wpb
+from tests.support import create_brand, create_key, generate_codes_sql, in_process_server
+from tests.webhook_support import FAST, Api, Receiver, wait_until
+
+pytestmark = pytest.mark.timeout(90)
+BASE = 0.05  # FAST's DISCOUNT_WEBHOOK_RETRY_BASE_SECONDS
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    receiver = await Receiver().start()
+    yield receiver
+    await receiver.stop()
+
+
+async def _state(api: Api, webhook_id: str, state: int) -> wpb.Webhook | None:
+    hook = await api.get(webhook_id)
+    return hook if hook.state == state else None
+
+
+async def _attempts(receiver: Receiver, path: str, count: int) -> bool:
+    return len(receiver.at(path)) >= count
+
+
+async def test_retries_back_off_then_the_retry_period_disables(database_url: str, receiver: Receiver) -> None:
+    create_brand(database_url, "wh-period")
+    generate_codes_sql(database_url, "wh-period", 5)
+    async with in_process_server(database_url, **FAST, webhook_retry_period_seconds=1.5) as (_, server):
+        owner = Api(server.address, create_key(database_url, "brand", "wh-period"))
+        shop = Api(server.address, create_key(database_url, "service"))
+        try:
+            receiver.script("/down", *[(500, {}, 0.0)] * 100)
+            created = await owner.create("wh-period", receiver.url("/down"))
+            await shop.claim("wh-period", "u1")
+            hook = await wait_until(
+                lambda: _state(owner, created.webhook.webhook_id, wpb.Webhook.STATE_DISABLED),
+                what="DISABLED after the retry period",
+            )
+            assert hook.last_error == "HTTP 500" and not hook.HasField("next_attempt_at")
+            got = receiver.at("/down")
+            assert {r.headers["webhook-id"] for r in got} == {got[0].headers["webhook-id"]}
+            gaps = [b.at - a.at for a, b in zip(got, got[1:], strict=False)]
+            for n, gap in enumerate(gaps, start=1):
+                low = BASE * 2 ** (n - 1)
+                assert low * 0.95 <= gap <= 1.5 * low + 0.2, f"retry {n} waited {gap:.3f}s: {gaps}"
+            failing_for = got[-1].at - got[0].at
+            assert failing_for >= 1.5 and len(got) >= 5, gaps
+            count = len(got)
+            await shop.claim("wh-period", "u2")
+            await asyncio.sleep(0.5)
+            assert len(receiver.at("/down")) == count, "a disabled webhook gets nothing"
+        finally:
+            await owner.close()
+            await shop.close()
+
+
+async def test_retry_after_dates_and_redirects(database_url: str, receiver: Receiver) -> None:
+    create_brand(database_url, "wh-ra")
+    generate_codes_sql(database_url, "wh-ra", 5)
+    async with in_process_server(database_url, **FAST) as (_, server):
+        owner = Api(server.address, create_key(database_url, "brand", "wh-ra"))
+        shop = Api(server.address, create_key(database_url, "service"))
+        try:
+            when = format_datetime(datetime.now(UTC) + timedelta(seconds=3), usegmt=True)
+            receiver.script(
+                "/ra", (302, {"Location": receiver.url("/elsewhere")}, 0.0), (503, {"Retry-After": when}, 0.0)
+            )
+            created = await owner.create("wh-ra", receiver.url("/ra"))
+            await shop.claim("wh-ra", "u1")
+            await wait_until(lambda: _attempts(receiver, "/ra", 3), timeout=15, what="three attempts")
+            got = receiver.at("/ra")
+            assert receiver.at("/elsewhere") == [], "redirects are not followed"
+            assert got[2].at - got[1].at >= 1.9, "Retry-After (an HTTP date) is a minimum wait"
+            attempts = list(reversed((await owner.deliveries(created.webhook.webhook_id)).deliveries))
+            assert [(a.http_status, a.error) for a in attempts[:2]] == [(302, "HTTP 302"), (503, "HTTP 503")]
+            assert attempts[2].http_status == 200
+        finally:
+            await owner.close()
+            await shop.close()
+
+
+async def test_the_request_goes_to_the_checked_address_with_the_urls_host(
+    database_url: str, receiver: Receiver
+) -> None:
+    create_brand(database_url, "wh-host")
+    generate_codes_sql(database_url, "wh-host", 5)
+    async with in_process_server(database_url, **FAST) as (_, server):
+        owner = Api(server.address, create_key(database_url, "brand", "wh-host"))
+        shop = Api(server.address, create_key(database_url, "service"))
+        try:
+            url = f"http://localhost:{receiver.port}/named"
+            created = await owner.create("wh-host", url)
+            await shop.claim("wh-host", "u1")
+            (got,) = await receiver.wait_for("/named", 1)
+            assert got.headers["Host"] == f"localhost:{receiver.port}"
+            got.verify(created.secret)
+        finally:
+            await owner.close()
+            await shop.close()
