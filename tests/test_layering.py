@@ -42,6 +42,7 @@ DOMAIN = {
     "errors",
     "webhooks",
     "redemption",
+    "operating_state",
     "expiry_sweep",
 }
 STORE = {"store", "embedded"}
@@ -123,6 +124,17 @@ def test_only_the_store_talks_to_psycopg(module: str) -> None:
 def test_nothing_below_the_transport_imports_it(module: str) -> None:
     transport = tuple(f"discount_service.{m}" for m in TRANSPORT)
     assert _imports_any(module, transport) == []
+
+
+# Transport modules that may hold the store: the wiring that builds it and hands it to the domain, the
+# workers that run on it (webhook deliveries, the NATS relay), and the webhook servicer, which still
+# reads its rows itself.
+HOLDS_THE_STORE = {"app", "workers", "webhook_delivery", "relay", "webhook_servicer"}
+
+
+@pytest.mark.parametrize("module", [m for m in _in_layers(TRANSPORT) if m.split(".")[1] not in HOLDS_THE_STORE])
+def test_the_transport_reaches_the_store_only_through_the_domain(module: str) -> None:
+    assert _imports_any(module, ("discount_service.store",)) == []
 
 
 @pytest.mark.parametrize("module", _in_layers(STORE, SHARED))

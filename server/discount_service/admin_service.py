@@ -1,8 +1,8 @@
 """The domain of AdminService: onboarding brands and managing API keys, for admin keys only.
 
 No gRPC here and no SQL: admin_servicer.py translates protobuf to these calls, and the store runs
-the statements. `discount brand ...` and `discount key ...` do the same directly on the database
-(cli/operator.py); bootstrapping the first admin key can only be done that way.
+the statements. `discount brand ...` and `discount key ...` make these same calls on the database
+directly, as the local operator (cli/operator.py); the first admin key can only be made that way.
 
 Listings page in key order (brand_id, key_id) with a keyset cursor: a page costs one index range
 scan however deep it is, and brands or keys created meanwhile never shift a later page. The page
@@ -133,7 +133,7 @@ class AdminService:
 
     async def create_brand(self, principal: Principal, *, brand_id: str, display_name: str) -> Brand:
         require_admin(principal)
-        validation.new_brand_id(brand_id)
+        brand_id = validation.new_brand_id(brand_id)
         name = validation.brand_name(display_name or brand_id)
         try:
             brand = await self._store.create_brand(brand_id, name)
@@ -162,7 +162,7 @@ class AdminService:
         if role is Role.BRAND:
             if not brand_id:
                 raise errors.InvalidArgument("a ROLE_BRAND key needs the brand_id it acts for", field="brand_id")
-            validation.brand_id(brand_id)
+            brand_id = validation.brand_id(brand_id)
         elif brand_id:
             raise errors.InvalidArgument(
                 f"brand_id must be empty for a ROLE_{role.name} key (only ROLE_BRAND keys belong to a brand)",
@@ -200,7 +200,7 @@ class AdminService:
         size = resolve_page_size(page_size)
         brand_key = None
         if brand_id:
-            validation.brand_id(brand_id)
+            brand_id = validation.brand_id(brand_id)
             brand_key = await self._store.brand_key(brand_id)
             if brand_key is None:
                 raise errors.NotFound(f"brand {brand_id!r} does not exist", metadata={"brand_id": brand_id})

@@ -26,6 +26,7 @@ from .feed import ClaimFeed
 from .limits import Capacity
 from .jetstream import check_stream_at_start
 from .metrics import Metrics
+from .operating_state import OperatingState
 from .relay import ClaimRelay
 from .revocation import KeyRevocations
 from .service import CodeService
@@ -168,7 +169,7 @@ async def create_server(
     service = CodeService(store, feed, key_revocations)
     metrics = None
     if settings.metrics_listen:
-        metrics = Metrics(store, feed)
+        metrics = Metrics(OperatingState(store), feed)
         observe = metrics.observe if observe is None else _observe_both(observe, metrics.observe)
     observe = _counting_refused_calls(store, observe)
     capacity = Capacity(settings.max_inflight_calls, settings.max_open_streams)

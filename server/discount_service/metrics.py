@@ -10,7 +10,7 @@
   (OVERLOADED: over its limit of calls in flight or open streams; RATE_LIMITED: a host's failed
   authentications), with `discount_calls_in_flight` and `discount_streams_open` against their limits.
 
-The HTTP server runs in its own thread; the scrape reaches the store through the server's event
+The HTTP server runs in its own thread; the scrape reads the database through the server's event
 loop, so the pool is never touched from another thread.
 """
 
@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector
 from . import errors
 from .feed import ClaimFeed
 from .limits import Capacity
-from .store import Store
+from .operating_state import OperatingState
 
 log = logging.getLogger(__name__)
 
@@ -93,19 +93,17 @@ class _StateCollector(Collector):
                 "1 while this process holds the relay lock and is connected to NATS",
                 value=int(m.relay.leading and m.relay.connected),
             )
-        stats = m.store.pool_stats()
-        size = stats.get("pool_size", 0)
-        idle = stats.get("pool_available", 0)
-        yield GaugeMetricFamily("discount_db_pool_size", "Database connections open in the pool", value=size)
-        yield GaugeMetricFamily("discount_db_pool_in_use", "Database connections lent to calls", value=size - idle)
-        yield GaugeMetricFamily("discount_db_pool_idle", "Database connections idle in the pool", value=idle)
+        pool = m.state.pool()
+        yield GaugeMetricFamily("discount_db_pool_size", "Database connections open in the pool", value=pool.size)
+        yield GaugeMetricFamily("discount_db_pool_in_use", "Database connections lent to calls", value=pool.in_use)
+        yield GaugeMetricFamily("discount_db_pool_idle", "Database connections idle in the pool", value=pool.idle)
         yield GaugeMetricFamily(
-            "discount_db_pool_max", "Most database connections the pool opens", value=stats.get("pool_max", 0)
+            "discount_db_pool_max", "Most database connections the pool opens", value=pool.max_size
         )
         yield GaugeMetricFamily(
             "discount_db_pool_requests_waiting",
             "Calls waiting for a database connection",
-            value=stats.get("requests_waiting", 0),
+            value=pool.waiting,
         )
         if m.capacity is not None:
             yield from _capacity_metrics(m.capacity)
@@ -125,8 +123,8 @@ def _capacity_metrics(capacity: Capacity) -> Iterable[Metric]:
 
 
 class Metrics:
-    def __init__(self, store: Store, feed: ClaimFeed, *, cache_seconds: float = 5.0) -> None:
-        self.store = store
+    def __init__(self, state: OperatingState, feed: ClaimFeed, *, cache_seconds: float = 5.0) -> None:
+        self.state = state
         self.feed = feed
         self.registry = CollectorRegistry()
         self._calls = Counter(
@@ -184,7 +182,7 @@ class Metrics:
         with self._lock:
             if time.monotonic() - self._available_at < self._cache_seconds or self._loop is None:
                 return self._available
-            future = asyncio.run_coroutine_threadsafe(self.store.codes_available(), self._loop)
+            future = asyncio.run_coroutine_threadsafe(self.state.codes_available(), self._loop)
             try:
                 self._available = future.result(timeout=SCRAPE_QUERY_SECONDS)
             except (errors.DiscountError, TimeoutError) as exc:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .. import errors
 from ..logs import configure_logging
 from ..settings import Settings
 
-__all__ = ["CommandError", "configure_logging", "replace_settings", "with_store"]
+__all__ = ["CommandError", "configure_logging", "error_line", "replace_settings", "with_store"]
 
 
 class CommandError(Exception):
@@ -19,6 +21,13 @@ class CommandError(Exception):
     def __init__(self, message: str, *, exit_status: int = 1) -> None:
         super().__init__(message)
         self.exit_status = exit_status
+
+
+def error_line(exc: errors.DiscountError, args: argparse.Namespace) -> str:
+    """A domain error as the user reads it: its message, after the command's option for the request
+    field it names, when the command has one (its `options`: field -> option)."""
+    option = getattr(args, "options", {}).get(getattr(exc, "field", ""))
+    return f"{option}: {exc}" if option else str(exc)
 
 
 def replace_settings(settings: Settings, **changes: Any) -> Settings:

@@ -12,7 +12,7 @@ from typing import Any
 from .. import errors
 from ..settings import Settings, SettingsError
 from .client import add_client_commands
-from .common import CommandError, configure_logging
+from .common import CommandError, configure_logging, error_line
 from .operator import add_operator_commands
 from .serve import add_serve_commands
 from .webhook import add_webhook_commands
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"discount: {_database_unreachable(exc)}", file=sys.stderr)
         return 1
     except errors.DiscountError as exc:
-        print(f"discount: {exc}", file=sys.stderr)
+        print(f"discount: {error_line(exc, args)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -1,46 +1,65 @@
-"""`discount brand ...` and `discount key ...`: administer brands and API keys.
+"""`discount brand ...` and `discount key ...`: brands and API keys, for operators on the server's host.
 
-They talk to the database directly: they are for operators on the server's host.
+They run AdminService's domain code (admin_service.py) on the database directly, as LOCAL_OPERATOR:
+the same validation and the same errors as the RPCs, and they work with the server stopped, which is
+how the first admin key is made. A domain error reaches `main` and is printed there as one line.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
-from .. import validation
-from ..auth import new_api_key
-from ..models import ApiKeyInfo, Brand, Role
+from ..admin_service import MAX_PAGE_SIZE, AdminService
+from ..models import Page, Principal, Role
 from ..settings import Settings
-from .common import CommandError, with_store
+from .common import with_store
 
-_PAGE = 1000  # rows per statement when listing every brand or key
+T = TypeVar("T")
+
+# Whoever can run these commands can reach the server's database, which is more than any key gives: they
+# act as an admin, named so in the service's logs.
+LOCAL_OPERATOR = Principal(role=Role.ADMIN, key_id="local-operator")
+
+# The command-line option of each request field AdminService's errors may name (`field`), so `main`
+# says `--brand: ...` where the RPC says brand_id.
+KEY_CREATE_OPTIONS = {"role": "--role", "brand_id": "--brand"}
+BRAND_CREATE_OPTIONS = {"display_name": "--name"}
+
+
+def _as_operator(settings: Settings, action: Callable[[AdminService], Awaitable[T]]) -> T:
+    result: T = with_store(settings, lambda store: action(AdminService(store)))
+    return result
+
+
+async def _every_item(list_page: Callable[[str], Awaitable[Page[T]]]) -> list[T]:
+    """Every item of a listing, page by page, from its first page token ("") to its last page."""
+    items: list[T] = []
+    token = ""
+    while True:
+        page = await list_page(token)
+        items.extend(page.items)
+        if not (token := page.next_page_token):
+            return items
 
 
 def cmd_brand_create(args: argparse.Namespace, settings: Settings) -> None:
-    brand_id = validation.new_brand_id(args.brand_id)
-    name = validation.brand_name(args.name or brand_id)
-    brand = with_store(settings, lambda store: store.create_brand(brand_id, name))
+    brand = _as_operator(
+        settings,
+        lambda admin: admin.create_brand(LOCAL_OPERATOR, brand_id=args.brand_id, display_name=args.name or ""),
+    )
     print(f"created brand {brand.brand_id} ({brand.name})")
 
 
-async def _every_brand(store: Any) -> list[Brand]:
-    brands: list[Brand] = []
-    while page := await store.brands_after(brands[-1].brand_id if brands else "", _PAGE):
-        brands.extend(page)
-    return brands
-
-
-async def _every_key(store: Any) -> list[ApiKeyInfo]:
-    keys: list[ApiKeyInfo] = []
-    while page := await store.api_keys_after(keys[-1].key_id if keys else "", _PAGE):
-        keys.extend(page)
-    return sorted(keys, key=lambda key: key.created_at)  # oldest first
-
-
 def cmd_brand_list(args: argparse.Namespace, settings: Settings) -> None:
-    brands = with_store(settings, _every_brand)
+    brands = _as_operator(
+        settings,
+        lambda admin: _every_item(
+            lambda token: admin.list_brands(LOCAL_OPERATOR, page_size=MAX_PAGE_SIZE, page_token=token)
+        ),
+    )
     print(f"{'BRAND':<24} {'TOTAL':>10} {'CLAIMED':>10}  NAME")
     for brand in brands:
         print(f"{brand.brand_id:<24} {brand.total_codes:>10} {brand.claimed:>10}  {brand.name}")
@@ -48,14 +67,11 @@ def cmd_brand_list(args: argparse.Namespace, settings: Settings) -> None:
 
 def cmd_key_create(args: argparse.Namespace, settings: Settings) -> None:
     role = Role(args.role)
-    if role is Role.BRAND and not args.brand:
-        raise CommandError("a brand key needs --brand BRAND_ID")
-    if role is not Role.BRAND and args.brand:
-        raise CommandError(f"--brand only applies to --role brand, not {role.value}")
-    key_id, key, key_hash = new_api_key()
-    if with_store(settings, lambda store: store.insert_api_key(key_id, key_hash, role, args.brand)) is None:
-        raise CommandError(f"brand {args.brand!r} does not exist; create it with `discount brand create`")
-    scope = f" for brand {args.brand}" if args.brand else ""
+    made = _as_operator(
+        settings, lambda admin: admin.create_api_key(LOCAL_OPERATOR, role=role, brand_id=args.brand or "")
+    )
+    key_id = made.key.key_id
+    scope = f" for brand {made.key.brand_id}" if made.key.brand_id else ""
     if sys.stdout.isatty():
         print(f"created {role.value} key {key_id}{scope}; store it now, it is not shown again:", file=sys.stderr)
     else:
@@ -64,19 +80,23 @@ def cmd_key_create(args: argparse.Namespace, settings: Settings) -> None:
             f"created {role.value} key {key_id}{scope}; the key was written to standard output and is not shown again",
             file=sys.stderr,
         )
-    print(key)
+    print(made.secret)
 
 
 def cmd_key_revoke(args: argparse.Namespace, settings: Settings) -> None:
-    if with_store(settings, lambda store: store.revoke_api_key_returning(args.key_id)) is None:
-        raise CommandError(f"no key {args.key_id!r}; see `discount key list`")
-    print(f"revoked key {args.key_id}; servers stop accepting it within {settings.key_cache_seconds:g}s")
+    key = _as_operator(settings, lambda admin: admin.revoke_api_key(LOCAL_OPERATOR, key_id=args.key_id))
+    print(f"revoked key {key.key_id}; servers stop accepting it within {settings.key_cache_seconds:g}s")
 
 
 def cmd_key_list(args: argparse.Namespace, settings: Settings) -> None:
-    keys = with_store(settings, _every_key)
+    keys = _as_operator(
+        settings,
+        lambda admin: _every_item(
+            lambda token: admin.list_api_keys(LOCAL_OPERATOR, brand_id="", page_size=MAX_PAGE_SIZE, page_token=token)
+        ),
+    )
     print(f"{'KEY ID':<14} {'ROLE':<8} {'BRAND':<24} STATUS")
-    for key in keys:
+    for key in sorted(keys, key=lambda key: key.created_at):  # oldest first
         status = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
         print(f"{key.key_id:<14} {key.role.value:<8} {key.brand_id or '-':<24} {status}")
 
@@ -97,7 +117,7 @@ def add_operator_commands(sub: Any) -> None:  # argparse's subparsers action has
     create = brands.add_parser("create", help="create a brand", description=f"Create a brand. {DIRECT}")
     create.add_argument("brand_id", metavar="BRAND_ID", help="the brand's id, used in every call (e.g. acme)")
     create.add_argument("--name", help="the brand's display name (default: BRAND_ID)")
-    create.set_defaults(func=cmd_brand_create)
+    create.set_defaults(func=cmd_brand_create, options=BRAND_CREATE_OPTIONS)
     brands.add_parser(
         "list", help="list brands with their code counts", description=f"List brands with their code counts. {DIRECT}"
     ).set_defaults(func=cmd_brand_list)
@@ -113,7 +133,7 @@ def add_operator_commands(sub: Any) -> None:  # argparse's subparsers action has
     )
     key_create.add_argument("--role", required=True, choices=[r.value for r in Role if r is not Role.USER])
     key_create.add_argument("--brand", help="the brand a brand key is bound to")
-    key_create.set_defaults(func=cmd_key_create)
+    key_create.set_defaults(func=cmd_key_create, options=KEY_CREATE_OPTIONS)
     revoke = keys.add_parser("revoke", help="revoke an API key by its id", description=f"Revoke an API key. {DIRECT}")
     revoke.add_argument("key_id", metavar="KEY_ID", help="the key's id, as `discount key list` shows it")
     revoke.set_defaults(func=cmd_key_revoke)
