@@ -174,3 +174,23 @@ async def test_calls_and_streams_past_the_limits_are_refused_at_once_and_counted
     assert stats.total == 800_010
     counted = {labels["reason"]: value for name, labels, value in samples if name == "discount_calls_refused_total"}
     assert counted == {"OVERLOADED": 2.0, "RATE_LIMITED": 0.0}
+
+
+@pytest.mark.timeout(120)
+async def test_two_thousand_streams_opened_at_once_all_open(database_url: str) -> None:
+    """gRPC core drops calls at random once more than 1,000 wait for a handler (CANCELLED, seen by
+    no log or metric); the server gives its limits room instead, so a burst of streams all open."""
+    create_brand(database_url, "acme")
+    async with in_process_server(database_url, metrics_listen="127.0.0.1:0") as (discount_server, server):
+        channel, stub = server.aio_stub()
+        async with channel:
+            watch = pb.WatchClaimsRequest(brand_id="acme")
+            streams = [stub.WatchClaims(watch, metadata=server.metadata(), timeout=60) for _ in range(2000)]
+            await asyncio.gather(*(stream.initial_metadata() for stream in streams))
+            await asyncio.sleep(1.0)
+            ended = [(await stream.code()).name for stream in streams if stream.done()]
+            open_streams = discount_server.metrics.capacity.streams
+            for stream in streams:
+                stream.cancel()
+    assert ended == []
+    assert open_streams == 2000
