@@ -51,6 +51,13 @@ async def claimed_code(server: ServerHandle, stub: pb_grpc.DiscountServiceStub, 
     return str(reply.claim.code)
 
 
+async def redeemed(server: ServerHandle) -> int:
+    channel, stub = server.aio_stub()
+    async with channel:
+        stats = await stub.GetBrandStats(pb.GetBrandStatsRequest(brand_id="acme"), metadata=server.metadata())
+    return int(stats.redeemed)
+
+
 async def redeem_all(
     server: ServerHandle, servers: list[pb_grpc.DiscountServiceStub], key: str, code: str, orders: list[str]
 ) -> list[pb.RedeemCodeResponse | str]:
@@ -83,6 +90,7 @@ async def test_48_orders_racing_for_one_code_give_one_redemption(server: ServerH
     assert lost == ["CODE_ALREADY_REDEEMED"] * (RACERS - 1)
     rows = sql(server.database_url, "SELECT order_id, cancelled_at FROM redemptions WHERE code = %s", (code,))
     assert rows == [(won[0].redemption.order_id, None)]
+    assert await redeemed(server) == 1
 
 
 @pytest.mark.parametrize("replicas", [1, 2])
@@ -96,6 +104,7 @@ async def test_48_retries_of_one_order_redeem_once(server: ServerHandle, replica
     assert sum(r.newly_redeemed for r in replies) == 1
     assert len({r.redemption.SerializeToString() for r in replies}) == 1
     assert sql(server.database_url, "SELECT count(*) FROM redemptions") == [(1,)]
+    assert await redeemed(server) == 1
 
 
 @pytest.mark.parametrize("replicas", [1, 2])
@@ -121,3 +130,4 @@ async def test_cancel_racing_new_orders_leaves_at_most_one_standing(server: Serv
     assert all(r == "CODE_ALREADY_REDEEMED" for r in results if not isinstance(r, pb.RedeemCodeResponse))
     standing = sql(server.database_url, "SELECT order_id FROM redemptions WHERE cancelled_at IS NULL")
     assert standing == [(r.redemption.order_id,) for r in won]
+    assert await redeemed(server) == len(won)

@@ -31,6 +31,7 @@ CITUS_DISTRIBUTED_TABLES = (
     "webhook_deliveries",
     "relay_positions",
     "redemptions",
+    "redemption_counts",
 )
 # Functions whose calls go whole to the node holding their brand: (signature, the brand_key argument).
 CITUS_DISTRIBUTED_FUNCTIONS = (
