@@ -76,18 +76,32 @@ class Authenticator:
         self._key_revocations = key_revocations
 
     async def authenticate(self, api_key: str | None, authorization: str | None = None, *, peer: str = "") -> Principal:
-        """The caller's principal. `peer` (the caller's host) is throttled after repeated failures."""
-        if peer and self.failed_auth.throttled(peer) and not self._seen_valid(api_key):
+        """The caller's principal. `peer` (the caller's host) is throttled after repeated failures:
+        a credential this server has not seen valid takes one of the host's tokens before it is
+        checked, and gives it back if it turns out valid, so however many such calls a host has in
+        flight, only as many as it has tokens reach a lookup."""
+        if not peer:
+            return await self._verify(api_key, authorization)
+        if self._seen_valid(api_key):
+            try:
+                return await self._verify(api_key, authorization)
+            except errors.Unauthenticated:  # revoked since
+                self.failed_auth.take(peer)
+                raise
+        if not self.failed_auth.take(peer):
             raise errors.RateLimited(
                 "too many failed authentications from your address; retry after the delay given",
                 retry_after_seconds=self.failed_auth.retry_after(peer),
             )
         try:
-            return await self._verify(api_key, authorization)
+            principal = await self._verify(api_key, authorization)
         except errors.Unauthenticated:
-            if peer:
-                self.failed_auth.failed(peer)
             raise
+        except BaseException:  # not an authentication that failed (say the database is away)
+            self.failed_auth.give_back(peer)
+            raise
+        self.failed_auth.give_back(peer)
+        return principal
 
     def _seen_valid(self, api_key: str | None) -> bool:
         return bool(api_key) and hash_key(api_key or "") in self._cache
@@ -193,19 +207,26 @@ class FailedAuthThrottle:
         tokens, at = self._buckets.get(host, (self._burst, now))
         return min(self._burst, tokens + (now - at) * self._per_second)
 
-    def throttled(self, host: str) -> bool:
-        return host in self._buckets and self._tokens(host, time.monotonic()) < 1.0
-
     def retry_after(self, host: str) -> float:
-        """Seconds until the host may fail once more."""
-        return max(0.0, 1.0 - self._tokens(host, time.monotonic())) / self._per_second
+        """Seconds until the host has a token again, in hundredths (few distinct answers to encode)."""
+        return round(max(0.01, (1.0 - self._tokens(host, time.monotonic())) / self._per_second), 2)
 
-    def failed(self, host: str) -> None:
+    def take(self, host: str) -> bool:
+        """Takes one of the host's tokens; False if it has none."""
         now = time.monotonic()
-        self._buckets[host] = (max(0.0, self._tokens(host, now) - 1.0), now)
+        tokens = self._tokens(host, now)
+        if tokens < 1.0:
+            return False
+        self._buckets[host] = (tokens - 1.0, now)
         self._buckets.move_to_end(host)
         if len(self._buckets) > self._hosts:
             self._buckets.popitem(last=False)
+        return True
+
+    def give_back(self, host: str) -> None:
+        """The call that took a token authenticated: it was no failure."""
+        if (bucket := self._buckets.get(host)) is not None:
+            self._buckets[host] = (min(self._burst, bucket[0] + 1.0), bucket[1])
 
 
 def require_admin(principal: Principal) -> None:

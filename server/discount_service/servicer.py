@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -86,8 +87,18 @@ class Failure:
         """Ends the call with this status, its details in the trailers (the standard encoding that
         grpcurl, the gRPC libraries and connect-web read); the same for unary and streaming calls,
         before or after a stream's first message."""
-        status = rpc_status.to_status(self.status())
+        if self.reason in REFUSAL_REASONS:
+            status = _refusal_status(self.code, self.message, self.reason, self.retry_after_seconds)
+        else:
+            status = rpc_status.to_status(self.status())
         await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+@functools.lru_cache(maxsize=512)
+def _refusal_status(code: grpc.StatusCode, message: str, reason: str, retry_after_seconds: float | None) -> Any:
+    """A refusal's status, encoded once: a flood gets the same few answers, and encoding each
+    would be most of what refusing it costs."""
+    return rpc_status.to_status(Failure(code, message, reason, retry_after_seconds=retry_after_seconds).status())
 
 
 def status_for(method: str, exc: Exception) -> Failure:
