@@ -5,6 +5,8 @@ call them the same way."""
 
 from __future__ import annotations
 
+import threading
+
 import grpc
 
 
@@ -16,6 +18,8 @@ class ChannelReadiness:
     def __init__(self, channel: grpc.Channel) -> None:
         self._channel = channel
         self._connected = False
+        self._subscribed = True
+        self._lock = threading.Lock()  # the subscription calls back from gRPC's polling thread
         channel.subscribe(self._on_state)
 
     def _on_state(self, state: grpc.ChannelConnectivity) -> None:
@@ -24,13 +28,21 @@ class ChannelReadiness:
 
     def mark_connected(self) -> None:
         """Records that the server answered (a call succeeded), whatever the subscription saw."""
-        if not self._connected:
-            self._connected = True
-            self._channel.unsubscribe(self._on_state)
+        self._connected = True
+        self.stop()
 
     def connected(self) -> bool:
         """Whether the channel has connected since the client was made."""
         return self._connected
+
+    def stop(self) -> None:
+        """Ends the subscription before the channel closes, so gRPC's polling thread does not keep
+        watching a closed channel of a client that never connected."""
+        with self._lock:
+            if not self._subscribed:
+                return
+            self._subscribed = False
+        self._channel.unsubscribe(self._on_state)
 
 
 class AsyncChannelReadiness:
@@ -43,6 +55,9 @@ class AsyncChannelReadiness:
     def mark_connected(self) -> None:
         """Records that the server answered (a call succeeded)."""
         self._connected = True
+
+    def stop(self) -> None:
+        """Nothing to end: the async channel is asked for its state, not subscribed to."""
 
     def connected(self) -> bool:
         """Whether the channel is connected now or was when a call succeeded."""

@@ -83,6 +83,7 @@ class AsyncDiscountClient:
     async def close(self) -> None:
         """Closes the channel; a `watch_claims` iterator in progress then simply ends."""
         self._closed = True
+        self._readiness.stop()
         await self._channel.close(None)
 
     async def __aenter__(self) -> AsyncDiscountClient:

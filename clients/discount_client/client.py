@@ -78,6 +78,7 @@ class DiscountClient:
     def close(self) -> None:
         """Closes the channel; a `watch_claims` iterator in progress then simply ends."""
         self._closed = True
+        self._readiness.stop()
         self._channel.close()
 
     def __enter__(self) -> DiscountClient:
