@@ -1,5 +1,5 @@
-"""One webhook attempt over HTTP: the Standard Webhooks signature, the retry schedule, and the POST
-itself, made to the address whose check passed (webhooks.resolve), never to one looked up again."""
+"""One webhook attempt over HTTP (aiohttp): the Standard Webhooks signature, the retry schedule, and
+the POST itself, which connects only to addresses whose check passed (webhooks.resolve)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,17 @@ import base64
 import hashlib
 import hmac
 import random
+import socket
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-import httpx
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from . import errors
-from .webhooks import MAX_ERROR, Target, check_url, resolve
+from .webhooks import MAX_ERROR, check_url, resolve, resolve_host
 
 MAX_WAIT_SECONDS = 3600.0
 RESPONSE_READ_LIMIT = 64 * 1024  # of an answer's body: read only so the connection can be reused
@@ -58,46 +60,60 @@ class Answer:
     seconds: float
 
 
+class _CheckedResolver(AbstractResolver):
+    """The connector's resolver: a host's addresses only if every one of them may be called
+    (webhooks.resolve), so every connection goes to an address that was checked."""
+
+    def __init__(self, allow_insecure: bool) -> None:
+        self._allow_insecure = allow_insecure
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        try:
+            addresses = await resolve_host(host, port, allow_insecure=self._allow_insecure)
+        except errors.InvalidArgument as exc:
+            raise OSError(str(exc)) from None
+        return [
+            ResolveResult(
+                hostname=host,
+                host=address,
+                port=port,
+                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+            for address in addresses
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
 class Poster:
-    """POSTs to an endpoint after checking where its host resolves, to the address checked."""
+    """POSTs to endpoints: the host is checked before every attempt, and a new connection goes to
+    an address the check passed (the connector resolves through the same check, with no cache)."""
 
     def __init__(self, timeout: float, allow_insecure: bool) -> None:
         self._timeout = timeout
         self._allow_insecure = allow_insecure
-        # No proxy from the environment (it would connect instead of us, to an address not checked);
-        # no redirects; no cap on connections, so hanging endpoints cannot starve the others.
-        self._client = httpx.AsyncClient(
-            follow_redirects=False,
-            trust_env=False,
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
-        )
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # No proxy from the environment (it would connect instead of us, to an address not
+            # checked); no DNS cache; no cap on connections, so hanging endpoints starve no one.
+            connector = aiohttp.TCPConnector(
+                resolver=_CheckedResolver(self._allow_insecure), use_dns_cache=False, limit=0
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, trust_env=False, timeout=aiohttp.ClientTimeout(total=self._timeout)
+            )
+        return self._session
 
     async def close(self) -> None:
-        await self._client.aclose()
-
-    async def _send_to_first(
-        self, target: Target, addresses: list[str], headers: dict[str, str], content: bytes
-    ) -> httpx.Response:
-        """Sends to the first of the checked addresses that accepts a connection (a host may have
-        an IPv6 address the endpoint does not listen on), with the url's host as Host and TLS name."""
-        port = f":{target.parts.port}" if target.parts.port else ""
-        extensions = {"sni_hostname": target.host} if target.parts.scheme == "https" else {}
-        for index, address in enumerate(addresses):
-            host = f"[{address}]" if ":" in address else address
-            request = self._client.build_request(
-                "POST",
-                target.parts._replace(netloc=host + port).geturl(),
-                content=content,
-                headers={**headers, "host": target.parts.netloc},
-                extensions=extensions,
-            )
-            try:
-                return await self._client.send(request, stream=True)
-            except httpx.ConnectError:
-                if index + 1 == len(addresses):
-                    raise
-        raise AssertionError("resolve returns at least one address")
+        if self._session is not None:
+            await self._session.close()
 
     async def post(self, url: str, headers: dict[str, str], content: bytes) -> Answer:
         started = time.perf_counter()
@@ -105,26 +121,19 @@ class Poster:
         try:
             async with asyncio.timeout(self._timeout):
                 target = check_url(url, allow_insecure=self._allow_insecure)
-                addresses = await resolve(target, allow_insecure=self._allow_insecure)
-                response = await self._send_to_first(target, addresses, headers, content)
-                status = response.status_code
-                retry_after = retry_after_seconds(response.headers.get("retry-after"), datetime.now(UTC))
-                try:
-                    read = 0
-                    async for chunk in response.aiter_raw():
-                        read += len(chunk)
-                        if read > RESPONSE_READ_LIMIT:
-                            break
-                finally:
-                    await response.aclose()
+                await resolve(target, allow_insecure=self._allow_insecure)
+                async with self._client().post(url, data=content, headers=headers, allow_redirects=False) as response:
+                    status = response.status
+                    retry_after = retry_after_seconds(response.headers.get("retry-after"), datetime.now(UTC))
+                    await response.content.read(RESPONSE_READ_LIMIT)
         except TimeoutError:
             error = f"no answer within {self._timeout:g}s (DISCOUNT_WEBHOOK_TIMEOUT_SECONDS)"
         except errors.InvalidArgument as exc:
             error = str(exc)
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientConnectorError as exc:
+            error = f"cannot connect to {exc.host}:{exc.port}: {exc.os_error}"
+        except (aiohttp.ClientError, OSError) as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        except OSError as exc:
-            error = f"{type(exc).__name__}: {exc}"
         if status and not error and not 200 <= status < 300:
             error = f"HTTP {status}" + (" Gone: the endpoint asked to stop" if status == 410 else "")
         elif status and error:

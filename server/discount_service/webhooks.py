@@ -9,7 +9,7 @@ calls, the store runs the statements, and webhook_delivery.py sends the claims.
 - Who: the brand's own key or an admin key; another brand's key or a service key is refused.
 - Secrets: "whsec_" + base64 of 32 random bytes, stored AES-GCM encrypted under a key from the
   server's settings, so a database dump alone does not reveal them (docs/design.md, "Webhook
-  secrets"); they are in the create and rotate responses only and never logged.
+  delivery"); they are in the create and rotate responses only and never logged.
 """
 
 from __future__ import annotations
@@ -173,21 +173,30 @@ def address_allowed(address: str, *, allow_insecure: bool) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
-async def resolve(target: Target, *, allow_insecure: bool) -> list[str]:
-    """The host's addresses, every one of them allowed, or InvalidArgument (field url)."""
+async def resolve_host(host: str, port: int, *, allow_insecure: bool) -> list[str]:
+    """The host's addresses, every one of them allowed, or InvalidArgument (field url). An address
+    literal is checked as it is, without a lookup."""
     try:
-        found = await asyncio.get_running_loop().getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise errors.InvalidArgument(f"url host {target.host!r} does not resolve: {exc}", field="url") from None
-    addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
+        addresses = [str(ipaddress.ip_address(host.strip("[]")))]
+    except ValueError:
+        try:
+            found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise errors.InvalidArgument(f"url host {host!r} does not resolve: {exc}", field="url") from None
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
     refused = [a for a in addresses if not address_allowed(a, allow_insecure=allow_insecure)]
     if refused or not addresses:
         raise errors.InvalidArgument(
-            f"url host {target.host!r} resolves to {', '.join(refused) or 'nothing'}, not a public unicast address "
+            f"url host {host!r} resolves to {', '.join(refused) or 'nothing'}, not a public unicast address "
             "(private, loopback and link-local addresses need DISCOUNT_WEBHOOK_ALLOW_INSECURE=1 on the server)",
             field="url",
         )
     return addresses
+
+
+async def resolve(target: Target, *, allow_insecure: bool) -> list[str]:
+    """The url's host's addresses, every one of them allowed, or InvalidArgument (field url)."""
+    return await resolve_host(target.host, target.port, allow_insecure=allow_insecure)
 
 
 @dataclass(frozen=True)
