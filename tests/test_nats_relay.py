@@ -102,6 +102,7 @@ async def make_claims(server: ServerHandle, brand: str, users: range) -> list[pb
         ]
 
 
+@pytest.mark.both_engines  # PostgreSQL and Citus (tests/conftest.py): the positions are a distributed table there
 async def test_every_claim_once_in_order_per_brand_with_its_headers(database_url: str, names: tuple[str, str]) -> None:
     stream, prefix = names
     for brand in ("acme", "shop.example"):
