@@ -161,7 +161,7 @@ class Db:
                         UPDATE codes SET claimed = true
                         WHERE ctid = ANY (ARRAY(
                             SELECT ctid FROM codes
-                            WHERE brand_key = %(b)s AND NOT claimed AND code_key > 0
+                            WHERE brand_key = %(b)s AND NOT claimed AND NOT expired AND code_key > 0
                             ORDER BY code_key LIMIT %(n)s))
                         RETURNING code, expires_at, code_key
                     )
