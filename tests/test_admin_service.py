@@ -1,19 +1,17 @@
 """discount.v1.AdminService through real servers on real ports, the real grpcurl (by reflection) and
-discount_client: the auth matrix of every RPC, every bad input, pagination over 2,500 brands, page
-tokens that were not issued, revoked keys refused, secrets never logged, and the commands of docs/admin.md."""
+discount_client: the contract and health, the auth matrix of every RPC, and every bad input.
+Listings and page tokens are in test_admin_listings.py; revocation across servers, secrets in logs,
+the `discount brand|key` commands and docs/admin.md's commands in test_admin_operator.py."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
-import os
-import re
 import secrets
-import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -33,9 +31,22 @@ from discount_client import (
     Role,
     Unauthenticated,
 )
-from discount_service.admin_service import PageTokens
 from discount_service.tokens import mint_token
-from tests.readme_support import README_ADDRESS, code_blocks, readme_section
+from tests.admin_support import (
+    ALREADY_EXISTS,
+    INVALID_ARGUMENT,
+    JWT_SECRET,
+    NOT_FOUND,
+    PERMISSION_DENIED,
+    RPCS,
+    UNAUTHENTICATED,
+    counts,
+    grpcurl,
+    key_id,
+    key_material,
+    reason,
+    violation_field,
+)
 from tests.support import (
     BIN,
     ServerHandle,
@@ -44,97 +55,7 @@ from tests.support import (
     generate_codes_sql,
     in_process_server,
     sql,
-    start_server_process,
-    stop_process,
 )
-
-JWT_SECRET = "an-hs256-secret-of-at-least-32-bytes!"
-RPCS = ("CreateBrand", "ListBrands", "CreateApiKey", "RevokeApiKey", "ListApiKeys")
-
-
-# -- helpers ---------------------------------------------------------------------------------
-
-
-async def grpcurl(
-    address: str, method: str, body: dict[str, Any] | None = None, *, key: str | None = None, bearer: str = ""
-) -> tuple[int, dict[str, Any]]:
-    """Calls `discount.v1.AdminService/<method>` with the real grpcurl (schema by reflection).
-    Returns (gRPC status code, the reply, or the error status with its details as grpcurl prints it)."""
-    args = [str(BIN / "grpcurl"), "-plaintext", "-format-error"]
-    if key is not None:
-        args += ["-H", f"x-api-key: {key}"]
-    if bearer:
-        args += ["-H", f"authorization: Bearer {bearer}"]
-    args += ["-d", json.dumps(body or {}), address, f"discount.v1.AdminService/{method}"]
-    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    if proc.returncode == 0:
-        return 0, dict(json.loads(out))
-    error = dict(json.loads(err))  # -format-error: the status as JSON, exit status 64 + code
-    assert proc.returncode == 64 + error["code"], (proc.returncode, error)
-    return int(error["code"]), error
-
-
-def violation_field(error: dict[str, Any]) -> str:
-    """The field a grpcurl-printed INVALID_ARGUMENT names in its BadRequest detail."""
-    (bad_request,) = [d for d in error["details"] if d["@type"].endswith("google.rpc.BadRequest")]
-    (violation,) = bad_request["field_violations"]
-    return str(violation["field"])
-
-
-def reason(error: dict[str, Any]) -> str:
-    (info,) = [d for d in error["details"] if d["@type"].endswith("google.rpc.ErrorInfo")]
-    assert info["domain"] == "discount.v1"
-    return str(info["reason"])
-
-
-INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
-NOT_FOUND = grpc.StatusCode.NOT_FOUND.value[0]
-ALREADY_EXISTS = grpc.StatusCode.ALREADY_EXISTS.value[0]
-PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED.value[0]
-UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED.value[0]
-
-
-def add_brands(url: str, count: int, prefix: str = "b-") -> list[str]:
-    """`count` brands (with their feed heads) in one statement, as setup; returns their ids."""
-    sql(
-        url,
-        """WITH b AS (
-               INSERT INTO brands (brand_id, name)
-               SELECT %(prefix)s || lpad(g::text, 5, '0'), 'Brand ' || g FROM generate_series(1, %(count)s) g
-               RETURNING brand_key)
-           INSERT INTO brand_feed_heads (brand_key) SELECT brand_key FROM b""",
-        {"prefix": prefix, "count": count},
-    )
-    return [f"{prefix}{i:05d}" for i in range(1, count + 1)]
-
-
-def brands_in_database_order(url: str) -> list[str]:
-    return [row[0] for row in sql(url, "SELECT brand_id FROM brands ORDER BY brand_id")]
-
-
-def key_id(secret: str) -> str:
-    return secret.split("_")[1]
-
-
-def key_material(secret: str) -> list[str]:
-    """The key, its secret part, and both in the encodings a leak could use."""
-    tail = secret.split("_", 2)[2]
-    return [
-        secret,
-        tail,
-        secret.encode().hex(),
-        tail.encode().hex(),
-        tail[:16],
-        hashlib.sha256(secret.encode()).hexdigest(),
-    ]
-
-
-def counts(url: str) -> tuple[int, int, int]:
-    """Brands, keys and revoked keys: what a refused call must leave unchanged."""
-    (row,) = sql(url, "SELECT (SELECT count(*) FROM brands), count(*), count(revoked_at) FROM api_keys")
-    return int(row[0]), int(row[1]), int(row[2])
-
 
 # -- contract, health, reflection ------------------------------------------------------------
 
@@ -157,15 +78,31 @@ async def test_grpcurl_sees_the_service_by_reflection_and_health_reports_it(serv
 
 # -- the auth matrix -------------------------------------------------------------------------
 
+# What each credential gets from every RPC: only an admin key is let through.
+REFUSED = {
+    "brand key": PERMISSION_DENIED,
+    "service key": PERMISSION_DENIED,
+    "shopper JWT": PERMISSION_DENIED,
+    "no key": UNAUTHENTICATED,
+    "unknown key": UNAUTHENTICATED,
+    "revoked admin key": UNAUTHENTICATED,
+}
 
-async def test_every_rpc_is_for_admin_keys_only(database_url: str) -> None:
-    """Each RPC with each credential, through grpcurl and through the client: an admin key works; a
-    brand key, a service key and a shopper's JWT are PERMISSION_DENIED; no key, an unknown key and a
-    revoked admin key are UNAUTHENTICATED. A refused call changes nothing."""
+
+@dataclass(frozen=True)
+class Matrix:
+    server: ServerHandle
+    credentials: dict[str, dict[str, str]]  # who -> grpcurl's credential arguments
+    victim: str  # the key id a refused RevokeApiKey would revoke
+
+
+@pytest.fixture
+async def matrix(database_url: str) -> AsyncIterator[Matrix]:
+    """A server that accepts shoppers' JWTs, brand acme, and one credential of each kind."""
     async with in_process_server(database_url, jwt_secret=JWT_SECRET) as (_, server):
         url = server.database_url
         create_brand(url, "acme")
-        credentials: dict[str, dict[str, Any]] = {
+        credentials = {
             "brand key": {"key": create_key(url, "brand", "acme")},
             "service key": {"key": create_key(url, "service")},
             "shopper JWT": {"bearer": mint_token(JWT_SECRET, "alice", email="alice@example.com")},
@@ -173,114 +110,122 @@ async def test_every_rpc_is_for_admin_keys_only(database_url: str) -> None:
             "unknown key": {"key": f"dsk_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"},
             "revoked admin key": {"key": create_key(url, "admin")},
         }
-        sql(
-            url,
-            "UPDATE api_keys SET revoked_at = now() WHERE key_id = %s",
-            (key_id(credentials["revoked admin key"]["key"]),),
-        )
-        expected = {
-            "brand key": PERMISSION_DENIED,
-            "service key": PERMISSION_DENIED,
-            "shopper JWT": PERMISSION_DENIED,
-            "no key": UNAUTHENTICATED,
-            "unknown key": UNAUTHENTICATED,
-            "revoked admin key": UNAUTHENTICATED,
-        }
-        victim = key_id(create_key(url, "service"))  # what a refused RevokeApiKey would revoke
+        revoked = key_id(credentials["revoked admin key"]["key"])
+        sql(url, "UPDATE api_keys SET revoked_at = now() WHERE key_id = %s", (revoked,))
+        yield Matrix(server, credentials, victim=key_id(create_key(url, "service")))
 
-        def body(rpc: str, who: str) -> dict[str, Any]:
-            slug = who.replace(" ", "-")
-            return {
-                "CreateBrand": {"brand_id": f"new-{slug}"},
-                "ListBrands": {},
-                "CreateApiKey": {"role": "ROLE_SERVICE"},
-                "RevokeApiKey": {"key_id": victim},
-                "ListApiKeys": {"brand_id": "acme"},
-            }[rpc]
 
-        before = counts(url)
-        refused = await asyncio.gather(
-            *(grpcurl(server.address, rpc, body(rpc, who), **cred) for rpc in RPCS for who, cred in credentials.items())
-        )
-        outcomes = iter(refused)
-        for rpc in RPCS:
-            for who in credentials:
-                code, error = next(outcomes)
-                assert code == expected[who], (rpc, who, error)
-                assert reason(error) == ("PERMISSION_DENIED" if code == PERMISSION_DENIED else "UNAUTHENTICATED")
+async def test_every_rpc_refuses_all_but_admin_keys_through_grpcurl(matrix: Matrix) -> None:
+    """Each RPC with each credential: a brand key, a service key and a shopper's JWT are
+    PERMISSION_DENIED; no key, an unknown key and a revoked admin key are UNAUTHENTICATED. A refused
+    call changes nothing."""
 
-        # The Python client (API keys only: it sends x-api-key), sync and async.
-        async_errors: list[tuple[str, str, type[DiscountError]]] = []
-        for who, cred in credentials.items():
-            if "key" not in cred:
-                continue
-            async with AsyncDiscountClient(server.address, cred["key"]) as client:
-                calls = {
-                    "CreateBrand": lambda c=client, w=who: c.create_brand(f"client-{w.replace(' ', '-')}"),
-                    "ListBrands": lambda c=client: c.list_brands(),
-                    "CreateApiKey": lambda c=client: c.create_api_key(Role.SERVICE),
-                    "RevokeApiKey": lambda c=client: c.revoke_api_key(victim),
-                    "ListApiKeys": lambda c=client: c.list_api_keys("acme"),
-                }
-                for rpc, call in calls.items():
-                    with pytest.raises(DiscountError) as raised:
-                        await call()
-                    async_errors.append((rpc, who, type(raised.value)))
-                    assert raised.value.method == rpc
-        for rpc, who, cls in async_errors:
-            assert cls is (PermissionDenied if expected[who] == PERMISSION_DENIED else Unauthenticated), (rpc, who)
+    def body(rpc: str, who: str) -> dict[str, Any]:
+        return {
+            "CreateBrand": {"brand_id": f"new-{who.replace(' ', '-')}"},
+            "ListBrands": {},
+            "CreateApiKey": {"role": "ROLE_SERVICE"},
+            "RevokeApiKey": {"key_id": matrix.victim},
+            "ListApiKeys": {"brand_id": "acme"},
+        }[rpc]
 
-        def sync_refusals() -> list[type[DiscountError]]:
-            seen = []
-            with DiscountClient(server.address, credentials["brand key"]["key"]) as client:
-                for call in (
-                    lambda: client.create_brand("sync-brand"),
-                    client.list_brands,
-                    lambda: client.create_api_key("admin"),
-                    lambda: client.revoke_api_key(victim),
-                    client.list_api_keys,
-                ):
-                    with pytest.raises(DiscountError) as raised:
-                        call()
-                    seen.append(type(raised.value))
-            return seen
+    before = counts(matrix.server.database_url)
+    asked = [(rpc, who) for rpc in RPCS for who in matrix.credentials]
+    refused = await asyncio.gather(
+        *(grpcurl(matrix.server.address, rpc, body(rpc, who), **matrix.credentials[who]) for rpc, who in asked)
+    )
+    for (rpc, who), (code, error) in zip(asked, refused, strict=True):
+        assert code == REFUSED[who], (rpc, who, error)
+        assert reason(error) == ("PERMISSION_DENIED" if code == PERMISSION_DENIED else "UNAUTHENTICATED")
+    assert counts(matrix.server.database_url) == before, "a refused call changed something"
 
-        assert await asyncio.to_thread(sync_refusals) == [PermissionDenied] * 5
-        assert counts(url) == before, "a refused call changed something"
 
-        # And the admin key does all five, through grpcurl and both clients.
-        admin = {"key": server.admin_key}
-        code, created = await grpcurl(server.address, "CreateBrand", {"brand_id": "by-grpcurl"}, **admin)
-        assert code == 0 and created["brand"]["display_name"] == "by-grpcurl"
-        code, listed = await grpcurl(server.address, "ListBrands", {}, **admin)
-        assert code == 0 and [b["brand_id"] for b in listed["brands"]] == ["acme", "by-grpcurl"]
-        code, new_key = await grpcurl(server.address, "CreateApiKey", {"role": "ROLE_SERVICE"}, **admin)
-        assert code == 0 and new_key["key"]["role"] == "ROLE_SERVICE" and new_key["secret"].startswith("dsk_")
-        code, revoked = await grpcurl(server.address, "RevokeApiKey", {"key_id": victim}, **admin)
-        assert code == 0 and revoked["key"]["key_id"] == victim and revoked["key"]["revoked_at"]
-        code, keys = await grpcurl(server.address, "ListApiKeys", {"brand_id": "acme"}, **admin)
-        assert code == 0 and [k["key_id"] for k in keys["keys"]] == [key_id(credentials["brand key"]["key"])]
+async def test_every_rpc_refuses_all_but_admin_keys_through_both_clients(matrix: Matrix) -> None:
+    """The same through the Python client, which sends API keys only: async with every key, sync with
+    the brand key."""
+    before = counts(matrix.server.database_url)
+    for who, credential in matrix.credentials.items():
+        if "key" not in credential:
+            continue
+        async with AsyncDiscountClient(matrix.server.address, credential["key"]) as client:
+            calls = {
+                "CreateBrand": lambda c=client, w=who: c.create_brand(f"client-{w.replace(' ', '-')}"),
+                "ListBrands": lambda c=client: c.list_brands(),
+                "CreateApiKey": lambda c=client: c.create_api_key(Role.SERVICE),
+                "RevokeApiKey": lambda c=client: c.revoke_api_key(matrix.victim),
+                "ListApiKeys": lambda c=client: c.list_api_keys("acme"),
+            }
+            for rpc, call in calls.items():
+                with pytest.raises(DiscountError) as raised:
+                    await call()
+                assert raised.value.method == rpc
+                expected = PermissionDenied if REFUSED[who] == PERMISSION_DENIED else Unauthenticated
+                assert type(raised.value) is expected, (rpc, who)
 
-        async with AsyncDiscountClient(server.address, server.admin_key) as client:
-            brand = await client.create_brand("by-async-client")
-            assert brand.brand_id == "by-async-client" and brand.display_name == "by-async-client"
-            assert "by-async-client" in [b.brand_id for b in (await client.list_brands()).brands]
-            made = await client.create_api_key("brand", "acme")
-            assert (made.key.role, made.key.brand_id, made.key.revoked_at) == (Role.BRAND, "acme", None)
-            assert (await client.revoke_api_key(made.key.key_id)).revoked_at is not None
-            assert made.key.key_id in [k.key_id async for k in client.iter_api_keys("acme")]
+    def sync_refusals() -> list[type[DiscountError]]:
+        seen = []
+        with DiscountClient(matrix.server.address, matrix.credentials["brand key"]["key"]) as client:
+            for call in (
+                lambda: client.create_brand("sync-brand"),
+                client.list_brands,
+                lambda: client.create_api_key("admin"),
+                lambda: client.revoke_api_key(matrix.victim),
+                client.list_api_keys,
+            ):
+                with pytest.raises(DiscountError) as raised:
+                    call()
+                seen.append(type(raised.value))
+        return seen
 
-        def sync_admin() -> tuple[Brand, ApiKey, list[str]]:
-            with DiscountClient(server.address, server.admin_key) as client:
-                brand = client.create_brand("by-sync-client", "By the sync client")
-                made = client.create_api_key(Role.ADMIN)
-                gone = client.revoke_api_key(made.key.key_id)
-                return brand, gone, [k.key_id for k in client.iter_api_keys()]
+    assert await asyncio.to_thread(sync_refusals) == [PermissionDenied] * 5
+    assert counts(matrix.server.database_url) == before, "a refused call changed something"
 
-        brand, gone, all_keys = await asyncio.to_thread(sync_admin)
-        assert brand.display_name == "By the sync client"
-        assert gone.role is Role.ADMIN and gone.brand_id is None and gone.revoked_at is not None
-        assert gone.key_id in all_keys and all_keys == sorted(all_keys)
+
+async def _admin_by_grpcurl(matrix: Matrix) -> None:
+    admin = {"key": matrix.server.admin_key}
+    address = matrix.server.address
+    code, created = await grpcurl(address, "CreateBrand", {"brand_id": "by-grpcurl"}, **admin)
+    assert code == 0 and created["brand"]["display_name"] == "by-grpcurl"
+    code, listed = await grpcurl(address, "ListBrands", {}, **admin)
+    assert code == 0 and [b["brand_id"] for b in listed["brands"]] == ["acme", "by-grpcurl"]
+    code, new_key = await grpcurl(address, "CreateApiKey", {"role": "ROLE_SERVICE"}, **admin)
+    assert code == 0 and new_key["key"]["role"] == "ROLE_SERVICE" and new_key["secret"].startswith("dsk_")
+    code, revoked = await grpcurl(address, "RevokeApiKey", {"key_id": matrix.victim}, **admin)
+    assert code == 0 and revoked["key"]["key_id"] == matrix.victim and revoked["key"]["revoked_at"]
+    code, keys = await grpcurl(address, "ListApiKeys", {"brand_id": "acme"}, **admin)
+    assert code == 0 and [k["key_id"] for k in keys["keys"]] == [key_id(matrix.credentials["brand key"]["key"])]
+
+
+async def _admin_by_async_client(matrix: Matrix) -> None:
+    async with AsyncDiscountClient(matrix.server.address, matrix.server.admin_key) as client:
+        brand = await client.create_brand("by-async-client")
+        assert brand.brand_id == "by-async-client" and brand.display_name == "by-async-client"
+        assert [b.brand_id for b in (await client.list_brands()).brands] == ["acme", "by-async-client"]
+        made = await client.create_api_key("brand", "acme")
+        assert (made.key.role, made.key.brand_id, made.key.revoked_at) == (Role.BRAND, "acme", None)
+        assert (await client.revoke_api_key(made.key.key_id)).revoked_at is not None
+        assert made.key.key_id in [k.key_id async for k in client.iter_api_keys("acme")]
+
+
+async def _admin_by_sync_client(matrix: Matrix) -> None:
+    def calls() -> tuple[Brand, ApiKey, list[str]]:
+        with DiscountClient(matrix.server.address, matrix.server.admin_key) as client:
+            brand = client.create_brand("by-sync-client", "By the sync client")
+            made = client.create_api_key(Role.ADMIN)
+            gone = client.revoke_api_key(made.key.key_id)
+            return brand, gone, [k.key_id for k in client.iter_api_keys()]
+
+    brand, gone, all_keys = await asyncio.to_thread(calls)
+    assert brand.display_name == "By the sync client"
+    assert gone.role is Role.ADMIN and gone.brand_id is None and gone.revoked_at is not None
+    assert gone.key_id in all_keys and all_keys == sorted(all_keys)
+
+
+@pytest.mark.parametrize(
+    "admin_calls", [_admin_by_grpcurl, _admin_by_async_client, _admin_by_sync_client], ids=lambda f: f.__name__[1:]
+)
+async def test_an_admin_key_makes_every_call(matrix: Matrix, admin_calls: Callable[[Matrix], Awaitable[None]]) -> None:
+    await admin_calls(matrix)
 
 
 # -- bad input ----------------------------------------------------------------------------------
@@ -477,300 +422,3 @@ async def test_unparsable_bodies_are_invalid_argument_for_every_rpc(server: Serv
                 with pytest.raises(grpc.aio.AioRpcError) as refused:
                     await call(body, metadata=server.metadata(), timeout=5)
                 assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT, (rpc, refused.value)
-
-
-# -- pagination ------------------------------------------------------------------------------
-
-
-async def test_list_brands_pages_through_2500_brands(server: ServerHandle) -> None:
-    url = server.database_url
-    ids = add_brands(url, 2500)
-    assert brands_in_database_order(url) == ids == sorted(ids)
-
-    def walk(page_size: int) -> tuple[list[str], list[int]]:
-        seen: list[str] = []
-        sizes: list[int] = []
-        with DiscountClient(server.address, server.admin_key) as client:
-            token = ""
-            while True:
-                page = client.list_brands(page_size, token)
-                seen += [b.brand_id for b in page.brands]
-                sizes.append(len(page.brands))
-                token = page.next_page_token
-                if not token:
-                    return seen, sizes
-
-    for page_size, full in ((0, 100), (1000, 1000), (7, 7)):
-        seen, sizes = await asyncio.to_thread(walk, page_size)
-        assert seen == ids, f"page_size {page_size}: not every brand once, in brand_id order"
-        assert len(set(seen)) == len(seen) == 2500
-        pages = -(-2500 // full)
-        assert sizes == [full] * (pages - 1) + [2500 - full * (pages - 1)], page_size  # no empty last page
-
-    # The async iterator, and the names and creation times as stored.
-    async with AsyncDiscountClient(server.address, server.admin_key) as client:
-        brands = [b async for b in client.iter_brands(page_size=1000)]
-    stored = {r[0]: (r[1], r[2]) for r in sql(url, "SELECT brand_id, name, created_at FROM brands")}
-    assert [b.brand_id for b in brands] == ids
-    assert all((b.display_name, b.created_at) == stored[b.brand_id] for b in brands)
-
-    # grpcurl, page by page, with the token as JSON carries it.
-    seen = []
-    body: dict[str, Any] = {"page_size": 1000}
-    while True:
-        code, reply = await grpcurl(server.address, "ListBrands", body, key=server.admin_key)
-        assert code == 0, reply
-        seen += [b["brand_id"] for b in reply["brands"]]
-        if "next_page_token" not in reply:  # empty: left out of the JSON
-            break
-        body["page_token"] = reply["next_page_token"]
-    assert seen == ids
-
-    # page_size 0 is 100; more than 1,000 is refused.
-    code, reply = await grpcurl(server.address, "ListBrands", {}, key=server.admin_key)
-    assert len(reply["brands"]) == 100
-    code, reply = await grpcurl(server.address, "ListBrands", {"page_size": 1000}, key=server.admin_key)
-    assert len(reply["brands"]) == 1000
-    for too_many in (1001, 2**32 - 1):
-        code, error = await grpcurl(server.address, "ListBrands", {"page_size": too_many}, key=server.admin_key)
-        assert (code, violation_field(error)) == (INVALID_ARGUMENT, "page_size")
-
-
-async def test_brands_created_during_a_listing_never_shift_or_repeat_a_page(server: ServerHandle) -> None:
-    url = server.database_url
-    ids = add_brands(url, 50)
-    async with AsyncDiscountClient(server.address, server.admin_key) as client:
-        first = await client.list_brands(20)
-        await client.create_brand("a-before-the-cursor")  # sorts before every page seen
-        await client.create_brand("b-00020x")  # right after the first page's last brand
-        await client.create_brand("z-after-everything")
-        rest = [b.brand_id async for b in _pages(client, 20, first.next_page_token)]
-    assert [b.brand_id for b in first.brands] == ids[:20]
-    assert rest == ["b-00020x", *ids[20:], "z-after-everything"]
-
-
-async def _pages(client: AsyncDiscountClient, page_size: int, token: str) -> Any:
-    while token:
-        page = await client.list_brands(page_size, token)
-        for brand in page.brands:
-            yield brand
-        token = page.next_page_token
-
-
-async def test_page_tokens_that_were_not_issued_are_invalid_argument(database_url: str) -> None:
-    add_brands(database_url, 30)
-    async with in_process_server(database_url) as (_, server), in_process_server(database_url) as (_, replica):
-        async with AsyncDiscountClient(server.address, server.admin_key) as client:
-            real = (await client.list_brands(10)).next_page_token
-            keys_token = (await client.list_api_keys(page_size=1, page_token="")).next_page_token
-        assert real
-        raw = base64.urlsafe_b64decode(real + "=" * (-len(real) % 4))
-        body = raw[:-16]
-        assert json.loads(body) == {"v": 1, "list": "brands", "scope": "", "after": "b-00010"}
-
-        def b64(data: bytes) -> str:
-            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-        made_up = json.dumps(
-            {"v": 1, "list": "brands", "scope": "", "after": "b-00020"}, separators=(",", ":")
-        ).encode()
-        flipped = real[:-1] + ("A" if real[-1] != "A" else "B")
-        forged = {
-            "garbage": "abc",
-            "not base64": "!!not-a-token!!",
-            "padded": real + "==",
-            "one character changed": flipped,
-            "cursor edited, old MAC": b64(body.replace(b"b-00010", b"b-00020") + raw[-16:]),
-            "made-up JSON, no MAC": b64(made_up),
-            "made-up JSON, zero MAC": b64(made_up + bytes(16)),
-            "signed with another secret": PageTokens(b"another database's secret, 32 b!").issue(
-                "brands", "", "b-00020"
-            ),
-            "MAC only": b64(raw[-16:]),
-            "huge": "A" * 100_000,
-            "non-ASCII": "töken",
-        }
-        assert keys_token
-        refused = [("ListBrands", name, token) for name, token in forged.items()]
-        refused += [("ListApiKeys", name, token) for name, token in forged.items() if name != "one character changed"]
-        refused += [("ListBrands", "a ListApiKeys token", keys_token), ("ListApiKeys", "a ListBrands token", real)]
-        for rpc, name, token in refused:
-            code, error = await grpcurl(server.address, rpc, {"page_token": token}, key=server.admin_key)
-            assert (code, violation_field(error)) == (INVALID_ARGUMENT, "page_token"), (rpc, name)
-            assert "page_token" in error["message"]
-
-        # A real token works on every server of the database: a listing may cross replicas.
-        async with AsyncDiscountClient(replica.address, server.admin_key) as other:
-            page = await other.list_brands(10, real)
-        assert [b.brand_id for b in page.brands] == [f"b-{i:05d}" for i in range(11, 21)]
-
-
-# -- revocation ------------------------------------------------------------------------------
-
-
-async def test_a_key_revoked_over_rpc_is_refused_at_once_here_and_within_the_cache_time_elsewhere(
-    database_url: str,
-) -> None:
-    """Server A revokes; A's key cache is long (60 s) but drops the key at once. Server B, on the
-    same database with DISCOUNT_KEY_CACHE_SECONDS=1, had the key cached and refuses it within 1 s."""
-    create_brand(database_url, "acme")
-    generate_codes_sql(database_url, "acme", 1000)
-    async with (
-        in_process_server(database_url, key_cache_seconds=60.0) as (_, a),
-        in_process_server(database_url, key_cache_seconds=1.0) as (_, b),
-    ):
-        async with AsyncDiscountClient(a.address, a.admin_key) as admin:
-            service_key = (await admin.create_api_key("service")).secret
-        users = iter(range(10**6))
-
-        async def claim(address: str) -> str:
-            n = next(users)
-            try:
-                async with AsyncDiscountClient(address, service_key, retry=None) as client:
-                    await client.claim_code("acme", f"u{n}", f"u{n}@example.com")
-                return "OK"
-            except DiscountError as exc:
-                return exc.code
-
-        assert await claim(a.address) == "OK" and await claim(b.address) == "OK"  # cached on both
-        cached_on_b = asyncio.get_running_loop().time()
-        async with AsyncDiscountClient(a.address, a.admin_key) as admin:
-            revoked = await admin.revoke_api_key(key_id(service_key))
-        assert revoked.revoked_at is not None
-        assert await claim(a.address) == "UNAUTHENTICATED"  # at once, despite A's 60 s cache
-        while (status := await claim(b.address)) == "OK":
-            assert asyncio.get_running_loop().time() - cached_on_b < 1.0 + 0.5, "B kept a revoked key"
-            await asyncio.sleep(0.05)
-        assert status == "UNAUTHENTICATED"
-        for address in (a.address, b.address, a.address):
-            assert await claim(address) == "UNAUTHENTICATED"
-
-        # An admin that revokes its own key is refused on its next call.
-        async with AsyncDiscountClient(a.address, a.admin_key) as admin:
-            await admin.revoke_api_key(key_id(a.admin_key))
-            with pytest.raises(Unauthenticated):
-                await admin.list_brands()
-
-
-# -- secrets never logged, CLI alongside -----------------------------------------------------
-
-
-def discount_cli(url: str, *args: str) -> str:
-    env = {**os.environ, "DISCOUNT_DATABASE_URL": url}
-    result = subprocess.run(
-        [str(BIN / "discount"), *args], env=env, capture_output=True, text=True, timeout=60, check=True
-    )
-    return result.stdout
-
-
-async def test_secrets_never_reach_the_server_log_and_the_cli_sees_the_same_keys(
-    database_url: str, tmp_path: Path
-) -> None:
-    server = await asyncio.to_thread(
-        start_server_process,
-        database_url,
-        log_path=tmp_path / "server.log",
-        extra_env={"DISCOUNT_LOG_LEVEL": "DEBUG", "DISCOUNT_KEY_CACHE_SECONDS": "1"},
-    )
-    secrets_made: list[str] = []
-    try:
-        async with AsyncDiscountClient(server.address, server.admin_key) as client:
-            await client.create_brand("acme", "Acme")
-            for role in ("admin", "service", "brand"):
-                made = await client.create_api_key(role, "acme" if role == "brand" else None)
-                secrets_made.append(made.secret)
-            with pytest.raises(InvalidArgument):
-                await client.create_api_key("service", "acme")
-            listed = [k async for k in client.iter_api_keys(page_size=1)]
-            await client.revoke_api_key(key_id(secrets_made[1]))
-        code, reply = await grpcurl(server.address, "CreateApiKey", {"role": "ROLE_SERVICE"}, key=server.admin_key)
-        assert code == 0
-        secrets_made.append(reply["secret"])
-        # A revoked, an unknown and a new key sent as credentials.
-        for key in (secrets_made[1], secrets_made[3] + "x", secrets_made[2]):
-            await grpcurl(server.address, "ListBrands", {}, key=key)
-        assert len(listed) == 4
-
-        # The CLI works on the same keys and brands, directly on the database.
-        brands = await asyncio.to_thread(discount_cli, database_url, "brand", "list")
-        assert "acme" in brands and "Acme" in brands
-        keys = await asyncio.to_thread(discount_cli, database_url, "key", "list")
-        for secret in secrets_made:
-            assert key_id(secret) in keys
-        revoked = await asyncio.to_thread(discount_cli, database_url, "key", "revoke", key_id(secrets_made[3]))
-        assert f"revoked key {key_id(secrets_made[3])}" in revoked
-        async with AsyncDiscountClient(server.address, server.admin_key) as client:
-            (key,) = [k for k in (await client.list_api_keys()).keys if k.key_id == key_id(secrets_made[3])]
-            assert key.revoked_at is not None
-    finally:
-        assert await asyncio.to_thread(stop_process, server) == 0
-
-    log = server.log_text()
-    assert "DEBUG" in log and "CreateApiKey OK" in log  # the verbose log, with the calls in it
-    assert f"revoked key={key_id(secrets_made[1])}" in log
-    for secret in secrets_made + [server.admin_key]:
-        for leak in key_material(secret):
-            assert leak not in log, "key material in the server log"
-
-
-# -- the README ------------------------------------------------------------------------------
-
-
-def readme_onboarding() -> tuple[str, str]:
-    section = readme_section("Onboarding over RPC (AdminService)")
-    (commands,) = code_blocks(section, "sh")
-    (python,) = code_blocks(section, "python")
-    return commands, python
-
-
-async def test_the_readme_onboarding_commands_work_as_written(server: ServerHandle, tmp_path: Path) -> None:
-    """The shell block runs as one script, as a reader pastes it: KEY_ID comes from CreateApiKey's reply."""
-    commands, python = readme_onboarding()
-    calls = re.findall(r"AdminService/(\w+)", commands)
-    assert calls == ["CreateBrand", "CreateApiKey", "ListBrands", "ListApiKeys", "RevokeApiKey"]
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "ADMIN_KEY": server.admin_key}
-    env.pop("KEY_ID", None)
-
-    create_brand(server.database_url, "acme")
-    proc = await asyncio.create_subprocess_exec(
-        "bash", "-c", "set -euo pipefail\n" + commands.replace(README_ADDRESS, server.address), env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
-    printed: list[dict[str, Any]] = []
-    decoder, text = json.JSONDecoder(), out.decode().strip()
-    while text:
-        value, end = decoder.raw_decode(text)
-        printed.append(value)
-        text = text[end:].strip()
-    results = dict(zip(calls, printed, strict=True))
-    assert results["CreateBrand"]["brand"]["display_name"] == "Globex Corp."
-    secret = results["CreateApiKey"]["secret"]
-    key_id = results["CreateApiKey"]["key"]["key_id"]
-    assert results["CreateApiKey"]["key"]["brand_id"] == "globex"
-    assert [b["brand_id"] for b in results["ListBrands"]["brands"]] == ["acme", "globex"]
-    assert [k["key_id"] for k in results["ListApiKeys"]["keys"]] == [key_id]
-    assert results["RevokeApiKey"]["key"]["key_id"] == key_id
-    assert results["RevokeApiKey"]["key"]["revoked_at"]
-    async with AsyncDiscountClient(server.address, secret) as brand:
-        with pytest.raises(Unauthenticated):
-            await brand.get_brand_stats("globex")
-
-    script = tmp_path / "onboarding.py"
-    script.write_text(python.replace(README_ADDRESS, server.address))
-    proc = await asyncio.create_subprocess_exec(
-        str(BIN / "python"), str(script), env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
-    lines = out.decode().splitlines()
-    assert lines[0].startswith("brand key: dsk_")
-    assert lines[1:4] == ["acme acme", "globex Globex Corp.", "initech Initech"]
-    (key_line,) = lines[4:]
-    assert key_line.endswith(" brand None")
-    assert sql(
-        server.database_url,
-        "SELECT count(revoked_at) FROM api_keys k JOIN brands b USING (brand_key) WHERE b.brand_id = 'initech'",
-    ) == [(1,)]
