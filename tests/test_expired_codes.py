@@ -10,6 +10,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 import psycopg
@@ -132,23 +133,18 @@ async def test_stats_are_exact_before_and_after_the_sweep_which_needs_no_restart
 
 
 def _plan(url: str, statement: str) -> dict[str, int]:
-    """EXPLAIN (ANALYZE, BUFFERS) of a statement: the buffers its whole plan touched, and the rows its
-    filters removed."""
+    """EXPLAIN (ANALYZE, BUFFERS) of a statement, rolled back: the buffers its whole plan touched, and
+    the rows its filters removed."""
     with psycopg.connect(url) as conn:
-        rows = conn.execute(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {statement}").fetchall()
+        (raw,) = conn.execute(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {statement}").fetchall()[0]
         conn.rollback()
-    plan = rows[0][0] if not isinstance(rows[0][0], str) else json.loads(rows[0][0])
-    totals = {"buffers": 0, "removed": 0}
-
-    def walk(node: dict[str, object]) -> None:
-        totals["removed"] += int(node.get("Rows Removed by Filter", 0))  # type: ignore[call-overload]
-        for child in node.get("Plans", []):  # type: ignore[attr-defined]
-            walk(child)
-
-    top = plan[0]["Plan"]
-    totals["buffers"] = int(top["Shared Hit Blocks"]) + int(top["Shared Read Blocks"])
-    walk(top)
-    return totals
+    top: dict[str, Any] = (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]
+    nodes, removed = [top], 0
+    while nodes:
+        node = nodes.pop()
+        removed += int(node.get("Rows Removed by Filter", 0))
+        nodes.extend(node.get("Plans", []))
+    return {"buffers": int(top["Shared Hit Blocks"]) + int(top["Shared Read Blocks"]), "removed": removed}
 
 
 def _pick(url: str, brand_key: int) -> dict[str, int]:
