@@ -38,6 +38,7 @@ def brand(url: str, brand_id: str, codes: int = 500) -> tuple[str, str]:
     return create_key(url, "brand", brand_id), create_key(url, "service")
 
 
+@pytest.mark.both_engines
 async def test_every_claim_arrives_once_in_order_signed(hooked: ServerHandle, receiver: Receiver) -> None:
     brand_key, service_key = brand(hooked.database_url, "wh-all")
     owner, shop = Api(hooked.address, brand_key), Api(hooked.address, service_key)
@@ -145,6 +146,7 @@ async def _state(api: Api, webhook_id: str, state: int, attempts: int, receiver:
     return hook if hook.state == state and len(receiver.at("/r")) >= attempts else None
 
 
+@pytest.mark.both_engines
 async def test_410_disables_and_replay_from_0_sends_everything_again(hooked: ServerHandle, receiver: Receiver) -> None:
     brand_key, service_key = brand(hooked.database_url, "wh-gone")
     owner, shop = Api(hooked.address, brand_key), Api(hooked.address, service_key)
@@ -188,6 +190,7 @@ async def _is(api: Api, webhook_id: str, state: int) -> wpb.Webhook | None:
     return hook if hook.state == state else None
 
 
+@pytest.mark.both_engines
 async def test_rotation_signs_with_the_old_and_the_new_secret(hooked: ServerHandle, receiver: Receiver) -> None:
     brand_key, service_key = brand(hooked.database_url, "wh-rot")
     owner, shop = Api(hooked.address, brand_key), Api(hooked.address, service_key)

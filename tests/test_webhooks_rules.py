@@ -110,3 +110,23 @@ async def test_the_request_goes_to_the_checked_address_with_the_urls_host(
         finally:
             await owner.close()
             await shop.close()
+
+
+async def test_nothing_is_sent_after_delete(database_url: str, receiver: Receiver) -> None:
+    create_brand(database_url, "wh-del")
+    generate_codes_sql(database_url, "wh-del", 5)
+    async with in_process_server(database_url, **FAST) as (_, server):
+        owner = Api(server.address, create_key(database_url, "brand", "wh-del"))
+        shop = Api(server.address, create_key(database_url, "service"))
+        try:
+            created = await owner.create("wh-del", receiver.url("/del"))
+            await shop.claim("wh-del", "u1")
+            await receiver.wait_for("/del", 1)
+            await owner.call("DeleteWebhook", wpb.DeleteWebhookRequest(webhook_id=created.webhook.webhook_id))
+            await shop.claim("wh-del", "u2")
+            await asyncio.sleep(1.0)
+            assert [s for r in receiver.at("/del") for s in r.sequences] == [1]
+            assert (await owner.call("ListWebhooks", wpb.ListWebhooksRequest(brand_id="wh-del"))).webhooks == []
+        finally:
+            await owner.close()
+            await shop.close()
