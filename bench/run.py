@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import phases, report, targets, webhooks
+from bench import phases, report, targets
 from bench.common import ROOT, log
 
 RESULTS = ROOT / "bench" / "results"
@@ -72,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
         results["many_watchers"] = phases.many_watchers(bench)
         results["single_claim_watchers"] = phases.single_claim_watchers(bench)
         results["idle"] = phases.idle(bench)
-        results["webhooks"] = webhooks.run(bench)
     finally:
         bench.close()
 

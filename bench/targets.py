@@ -192,17 +192,6 @@ def build_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         i["rss_mb"] <= 300,
     )
     row("  LISTEN connections", str(i["listen_connections"]), "", None, "exactly 1", i["listen_connections"] == 1)
-    if "webhooks" in r:  # bench/webhooks.py
-        wh = r["webhooks"]
-        row("claims/s, hot brand, one webhook vs none (closed loop)", f"{wh['with_webhook']['rps']:.0f}/s",
-            f"none {wh['without_webhook']['rps']:.0f}/s", wh["ratio"], ">= 0.85 x", wh["ratio"] >= 0.85)  # fmt: skip
-        for key, what in (
-            ("paced", "hot brand at half its unwatched rate"),
-            ("many", "90 of 100 webhooks, 10 hanging"),
-        ):
-            x = wh[key]
-            row(f"claim -> webhook receipt p99, {what}", f"{x['p99_ms']:.0f} ms", f"p50 {x['p50_ms']:.0f} ms", None,
-                "<= 1 s", x["p99_ms"] <= 1000 and x["every_claim_received"])  # fmt: skip
     return t
 
 
