@@ -124,9 +124,10 @@ async def test_stats_are_exact_before_and_after_the_sweep_which_needs_no_restart
     assert await _stats(server, "acme") == (EXPIRED + LIVE, 0, LIVE, EXPIRED)
 
     # Codes that expire while the server runs are swept by the same server, and counted throughout.
-    generate_codes_sql(url, "acme", 300, prefix="SOON-", expires_sql="now() + interval '1 second'")
+    generate_codes_sql(url, "acme", 300, prefix="SOON-", expires_sql="now() + interval '4 seconds'")
     assert await _stats(server, "acme") == (EXPIRED + LIVE + 300, 300, LIVE, EXPIRED)
-    await asyncio.sleep(1.2)
+    expired = "SELECT now() > expires_at FROM code_batches WHERE prefix = 'SOON-'"
+    await _wait_for("the SOON- codes expired", lambda: bool(sql(url, expired)[0][0]), seconds=10)
     assert await _stats(server, "acme") == (EXPIRED + LIVE + 300, 0, LIVE, EXPIRED + 300)
     await _wait_for("the codes that expired later swept", lambda: _swept(url, "acme") == EXPIRED + 300)
     assert await _stats(server, "acme") == (EXPIRED + LIVE + 300, 0, LIVE, EXPIRED + 300)
