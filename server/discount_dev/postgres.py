@@ -133,12 +133,13 @@ def create_key(url: str, role: str, brand_id: str | None = None) -> str:
     brands = execute(url, QUERIES["get_brand_key"], {"brand_id": brand_id}) if brand_id is not None else []
     execute(
         url,
-        QUERIES["create_api_key"],
+        QUERIES["admin_insert_api_key"],
         {
             "key_id": key_id,
             "key_hash": key_hash,
             "role": Role(role).value,
             "brand_key": brands[0][0] if brands else None,
+            "brand_id": brand_id,
         },
     )
     return key

@@ -64,8 +64,8 @@ ORDER BY b.brand_id
 LIMIT %(limit)s;
 
 -- name: admin_insert_api_key
--- Stores a key's digest, role and brand (brand_key, resolved by the caller as for create_api_key)
--- and returns it as listed.
+-- Stores a key's digest, role and brand and returns it as listed. The caller resolves the brand_key
+-- first: Citus supports no subquery in an INSERT's values.
 INSERT INTO api_keys (key_id, key_hash, role, brand_key)
 VALUES (%(key_id)s, %(key_hash)s, %(role)s, %(brand_key)s)
 RETURNING key_id, role, %(brand_id)s::text AS brand_id, created_at, revoked_at;
@@ -105,10 +105,3 @@ LIMIT %(limit)s;
 -- name: admin_page_token_secret
 -- The per-database secret that signs AdminService page tokens (server_secrets, migration 0006).
 SELECT secret FROM server_secrets WHERE name = 'page_token';
-
--- name: create_api_key
--- Stores a key's digest, role and (for a brand key) brand, for the dev tools' test keys. The caller resolves the brand_key first:
--- Citus supports no subquery in an INSERT's values.
-INSERT INTO api_keys (key_id, key_hash, role, brand_key)
-VALUES (%(key_id)s, %(key_hash)s, %(role)s, %(brand_key)s)
-RETURNING key_id;
