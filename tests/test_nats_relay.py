@@ -36,6 +36,7 @@ from tests.support import (
     start_server_process,
     stop_process,
 )
+from tests.test_feed_many_brands import counted, create_brands, idle_rate
 
 NATS_URL = "nats://127.0.0.1:4222"
 TAKEOVER_SECONDS = 15.0
@@ -245,6 +246,59 @@ async def test_a_stream_that_does_not_cover_the_subjects_stops_serve_with_one_li
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"discount: {expected}: add {prefix}.> to the stream"), lines
     assert await stream_messages(stream) == []
+
+
+async def test_a_stream_changed_to_not_cover_the_subjects_is_logged_as_an_error_when_found_later(
+    database_url: str, names: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    stream, prefix = names
+    create_brand(database_url, "acme")
+    generate_codes_sql(database_url, "acme", 10)
+    forwarder = SwitchableForwarder()
+    port = await forwarder.start()
+    try:
+        async with in_process_server(
+            database_url, nats_url=f"nats://127.0.0.1:{port}", nats_stream=stream, nats_subject_prefix=prefix
+        ) as (_, handle):
+            # While the server cannot see NATS, someone makes the stream with other subjects.
+            client = await nats.connect(NATS_URL)
+            await client.jetstream().add_stream(name=stream, subjects=[f"{prefix}-other.>"])
+            await client.close()
+            forwarder.on = True
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not any(
+                r.levelname == "ERROR" and "do not cover" in r.getMessage() for r in caplog.records
+            ):
+                await asyncio.sleep(0.1)
+            (error,) = [r for r in caplog.records if r.levelname == "ERROR" and "do not cover" in r.getMessage()]
+            assert f"JetStream stream {stream} exists with subjects {prefix}-other.>" in error.getMessage()
+            assert len(await make_claims(handle, "acme", range(3))) == 3  # claims go on
+            await asyncio.sleep(1.0)
+            assert await stream_messages(stream) == []
+    finally:
+        await forwarder.close()
+
+
+async def test_an_up_to_date_relay_of_a_thousand_brands_adds_at_most_2_idle_transactions_a_second(
+    database_url: str, names: tuple[str, str]
+) -> None:
+    stream, prefix = names
+    brands = create_brands(database_url, 1000, 5)
+    async with counted(database_url) as (proxy, proxied_url):
+        async with in_process_server(proxied_url) as (_, handle):
+            for brand in brands[:20]:
+                await make_claims(handle, brand, range(2))
+            await asyncio.sleep(2.0)
+            without = await idle_rate(proxy)
+        async with in_process_server(
+            proxied_url, nats_url=NATS_URL, nats_stream=stream, nats_subject_prefix=prefix
+        ) as (server, _):
+            assert len(await wait_for_messages(stream, 40)) == 40
+            await asyncio.sleep(3.0)  # every brand followed, each channel's head read
+            assert server.relay.lag() == 0
+            with_relay = await idle_rate(proxy)
+    print(f"idle transactions/s: {without:.2f} without the relay, {with_relay:.2f} with it on 1,000 brands")
+    assert with_relay <= without + 2.0, (without, with_relay)
 
 
 class Load:
