@@ -5,6 +5,7 @@ the request going to the address that was checked with the url's host in `Host`.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -12,7 +13,7 @@ from email.utils import format_datetime
 import pytest
 
 from discount.v1 import webhook_service_pb2 as wpb
-from tests.support import create_brand, create_key, generate_codes_sql, in_process_server
+from tests.support import BIN, create_brand, create_key, generate_codes_sql, in_process_server
 from tests.webhook_support import FAST, Api, Receiver, wait_until
 
 pytestmark = pytest.mark.timeout(90)
@@ -130,3 +131,73 @@ async def test_nothing_is_sent_after_delete(database_url: str, receiver: Receive
         finally:
             await owner.close()
             await shop.close()
+
+
+async def test_only_the_last_attempts_are_kept(database_url: str) -> None:
+    """10,000 per webhook in the server (KEEP_ATTEMPTS); the statement that records an attempt prunes
+    the older ones, shown here with a smaller number through the store."""
+    from discount_service.store import AttemptOutcome, Store
+    from discount_service.webhook_delivery import KEEP_ATTEMPTS
+
+    assert KEEP_ATTEMPTS == 10_000
+    create_brand(database_url, "wh-keep")
+    async with in_process_server(database_url, **FAST) as (_, server):
+        owner = Api(server.address, create_key(database_url, "brand", "wh-keep"))
+        store = Store(database_url, min_size=1, max_size=2)
+        await store.open()
+        try:
+            webhook_id = (await owner.create("wh-keep", "http://127.0.0.1:9/never")).webhook.webhook_id
+            brand_key = await store.brand_key("wh-keep")
+            assert brand_key is not None
+            assert await store.begin_webhook_delivery(
+                brand_key, webhook_id, delivery_id="msg_keep", first_sequence=1, last_sequence=1,
+                delivered_sequence=0, config_version=0,
+            )  # fmt: skip
+            for attempt in range(1, 6):
+                outcome = AttemptOutcome(
+                    brand_key=brand_key, webhook_id=webhook_id, config_version=0, delivery_id="msg_keep",
+                    first_sequence=1, last_sequence=1, attempt=attempt, attempted_at=datetime.now(UTC),
+                    http_status=500, error="HTTP 500", duration_seconds=0.01, succeeded=False, gone=False,
+                    retry_in_seconds=60.0,
+                )  # fmt: skip
+                assert await store.record_webhook_attempt(outcome, retry_period_seconds=3600, keep=3) == (
+                    "failing",
+                    attempt,
+                )
+            page = await owner.deliveries(webhook_id)
+            assert [d.attempt for d in page.deliveries] == [5, 4, 3], "the newest three, newest first"
+        finally:
+            await store.close()
+            await owner.close()
+
+
+async def test_health_and_reflection_know_the_webhook_service(database_url: str) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with in_process_server(database_url, **FAST) as (_, server):
+        api = Api(server.address, server.admin_key)
+        try:
+            health = health_pb2_grpc.HealthStub(api.channel)
+            request = health_pb2.HealthCheckRequest(service="discount.v1.WebhookService")
+            reply = await wait_until(lambda: _serving(health, request), what="WebhookService SERVING")
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            listed = await asyncio.to_thread(
+                subprocess.run,
+                [str(BIN / "grpcurl"), "-plaintext", server.address, "list"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert "discount.v1.WebhookService" in listed.stdout.split(), "reflection lists it"
+        finally:
+            await api.close()
+
+
+async def _serving(health: object, request: object) -> object:
+    import grpc
+
+    try:
+        reply = await health.Check(request, timeout=2)  # type: ignore[attr-defined]
+    except grpc.aio.AioRpcError:
+        return None
+    return reply if reply.status == 1 else None

@@ -34,7 +34,7 @@ from .servicer import SERVICE_NAME, CallHandling, CallObserver, DiscountServicer
 from .settings import Settings
 from .store import Store
 from .webhook_delivery import WebhookDeliverer
-from .webhook_servicer import WebhookServicer, add_webhooks_to_server
+from .webhook_servicer import WEBHOOK_SERVICE_NAME, WebhookServicer, add_webhooks_to_server
 from .webhooks import SecretBox, WebhookService
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ class ServerApp:
                 await self.health.set("", status)
                 await self.health.set(SERVICE_NAME, status)
                 await self.health.set(ADMIN_SERVICE_NAME, status)
+                await self.health.set(WEBHOOK_SERVICE_NAME, status)
                 log.info(
                     "database %s: health %s", "reachable" if ok else "unreachable", "SERVING" if ok else "NOT_SERVING"
                 )

@@ -73,6 +73,21 @@ class ClaimJson:
         return encoded
 
 
+def next_delivery(
+    buffer: deque[Claim], most: int, encode: Callable[[Claim], bytes], max_bytes: int = MAX_BODY_BYTES
+) -> list[Claim]:
+    """The claims of the next delivery: the first `most` of the buffer, fewer if their JSON would
+    pass `max_bytes` (one at least, whatever its size)."""
+    batch: list[Claim] = []
+    size = 0
+    for claim in itertools.islice(buffer, most):
+        size += len(encode(claim)) + 1
+        if batch and size > max_bytes:
+            break
+        batch.append(claim)
+    return batch
+
+
 def body(brand_id: str, claims: list[bytes]) -> bytes:
     head = b'{"type":"claims.created","brand_id":' + json.dumps(brand_id, ensure_ascii=False).encode()
     return head + b',"claims":[' + b",".join(claims) + b"]}"
@@ -150,7 +165,7 @@ class WebhookWorker:
                     linger = started + GATHER_SECONDS - time.monotonic()
                     if linger > 0 and len(buffer) < state.max_claims_per_delivery:
                         await asyncio.sleep(linger)
-                    batch = self._cut(buffer, state.max_claims_per_delivery)
+                    batch = next_delivery(buffer, state.max_claims_per_delivery, d.claim_json)
                     pending = ("msg_" + secrets.token_hex(16), batch[0].sequence, batch[-1].sequence)
                     began = await store.begin_webhook_delivery(
                         self._brand_key,
@@ -227,17 +242,6 @@ class WebhookWorker:
             return  # the feed stopped: the server is stopping
         finally:
             await claims.close()
-
-    def _cut(self, buffer: deque[Claim], most: int) -> list[Claim]:
-        """The next delivery: up to `most` claims, and no more than MAX_BODY_BYTES of them (one at least)."""
-        batch: list[Claim] = []
-        size = 0
-        for claim in itertools.islice(buffer, most):
-            size += len(self._d.claim_json(claim)) + 1
-            if batch and size > MAX_BODY_BYTES:
-                break
-            batch.append(claim)
-        return batch
 
 
 class _Pump:

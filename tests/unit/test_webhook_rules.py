@@ -5,6 +5,8 @@ sealed secrets, and the webhook settings."""
 from __future__ import annotations
 
 import base64
+import json
+from collections import deque
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -13,7 +15,9 @@ import pytest
 from standardwebhooks import Webhook
 
 from discount_service import errors
+from discount_service.models import Claim
 from discount_service.settings import Settings, SettingsError
+from discount_service.webhook_delivery import MAX_BODY_BYTES, ClaimJson, body, next_delivery
 from discount_service.webhook_http import MAX_WAIT_SECONDS, retry_after_seconds, retry_delay, signature
 from discount_service.webhooks import SecretBox, address_allowed, check_url, new_secret
 
@@ -114,3 +118,32 @@ def test_webhook_settings() -> None:
     with pytest.raises(SettingsError, match="DISCOUNT_WEBHOOK_TIMEOUT_SECONDS"):
         Settings.from_env({"DISCOUNT_WEBHOOK_TIMEOUT_SECONDS": "0"})
     assert "KEY" not in repr(Settings.from_env({"DISCOUNT_WEBHOOK_SECRET_KEY": "KEY"}))
+
+
+def test_a_delivery_holds_at_most_max_claims_and_about_a_mebibyte() -> None:
+    claims = deque(
+        Claim(sequence=i, brand_id="acme", code=f"C{i:04d}", user_id=f"u{i:04d}", email=f"u{i:04d}@example.com",
+              claimed_at=datetime(2030, 1, 1, tzinfo=UTC), expires_at=None)
+        for i in range(1, 2001)
+    )  # fmt: skip
+    encode = ClaimJson()
+    assert [c.sequence for c in next_delivery(claims, 7, encode)] == list(range(1, 8))
+    one = len(encode(claims[1000]))  # sequences of four digits, the rest of the same length
+    assert len(next_delivery(deque(list(claims)[999:]), 1000, encode, max_bytes=10 * (one + 1) + 5)) == 10
+    assert len(body("acme", [encode(c) for c in next_delivery(claims, 1000, encode)])) < MAX_BODY_BYTES + 200
+    assert len(next_delivery(claims, 1000, encode, max_bytes=1)) == 1, "one claim at least"
+    data = json.loads(body("acme", [encode(claims[0])]))
+    assert data == {
+        "type": "claims.created",
+        "brand_id": "acme",
+        "claims": [
+            {
+                "sequence": "1",
+                "brand_id": "acme",
+                "code": "C0001",
+                "user_id": "u0001",
+                "email": "u0001@example.com",
+                "claimed_at": "2030-01-01T00:00:00Z",
+            }
+        ],
+    }
