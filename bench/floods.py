@@ -5,9 +5,12 @@ and p99 latency of claims sent at a steady `--rate` by this process with a valid
 while another process sends `--flood-rate` calls a second, each with a new random key that
 matches nothing (the issue's flood: 6,000 bad-key calls in 3 s). Both come from 127.0.0.1, so
 the failed-authentication throttle sees one host: what is measured is that it refuses the flood
-cheaply (RATE_LIMITED, no lookup) without refusing or slowing the valid calls. Rounds alternate
-baseline and flood so that neither always runs first on a machine whose load drifts. The flood's
-outcomes and achieved rate are reported with the rows.
+cheaply (RATE_LIMITED, no lookup) without refusing or slowing the valid calls. The flood process
+runs at the lowest CPU priority by default (`--flood-niceness 19`): a flood from another machine
+takes none of this one's CPU, and on a 2-core machine a flooding client at full priority measures
+mostly its own CPU. Rounds alternate baseline and flood so that neither always runs first on a
+machine whose load drifts. The flood's outcomes and achieved rate, and the server's CPU in each
+kind of round, are reported with the rows.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import secrets
 import tempfile
 import time
@@ -29,6 +33,7 @@ from bench.common import ROOT, log, percentile
 from bench.phases import FULL, Bench
 from discount.v1 import discount_service_pb2 as pb
 from discount.v1 import discount_service_pb2_grpc as pb_grpc
+from discount_dev.processes import cpu_seconds
 
 BRAND = "flooded"
 FLOOD_IN_FLIGHT = 256  # the flood's calls in flight at most: enough to reach its rate, not a queue of its own
@@ -38,6 +43,7 @@ async def _claims(address: str, key: str, rate: float, seconds: float, tag: str)
     """Claims at a steady rate, each its own call (no waiting on the one before): their latencies
     and outcomes."""
     latencies: list[float] = []
+    slowest: list[tuple[float, float]] = []  # (seconds into the series, latency) of every call, cut to the slowest
     outcomes: Counter[str] = Counter()
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.DiscountServiceStub(channel)
@@ -55,14 +61,16 @@ async def _claims(address: str, key: str, rate: float, seconds: float, tag: str)
             except grpc.aio.AioRpcError as error:
                 outcomes[error.code().name] += 1
             latencies.append(time.perf_counter() - started)
+            slowest.append((round(started - series_started, 3), round(latencies[-1] * 1000, 1)))
 
         tasks = []
-        started = time.perf_counter()
+        series_started = time.perf_counter()
         for i in range(int(rate * seconds)):
-            await asyncio.sleep(max(0.0, started + i / rate - time.perf_counter()))
+            await asyncio.sleep(max(0.0, series_started + i / rate - time.perf_counter()))
             tasks.append(asyncio.ensure_future(one(i)))
         await asyncio.gather(*tasks)
-    return {"latencies": latencies, "outcomes": dict(outcomes)}
+    slowest.sort(key=lambda call: -call[1])
+    return {"latencies": latencies, "outcomes": dict(outcomes), "slowest": slowest[:5]}
 
 
 async def _flood(address: str, rate: float, seconds: float) -> dict[str, Any]:
@@ -95,7 +103,8 @@ async def _flood(address: str, rate: float, seconds: float) -> dict[str, Any]:
     return {"calls": sum(outcomes.values()), "rps": round(sum(outcomes.values()) / wall, 1), "outcomes": dict(outcomes)}
 
 
-def _flood_process(address: str, rate: float, seconds: float, results: Any) -> None:
+def _flood_process(address: str, rate: float, seconds: float, niceness: int, results: Any) -> None:
+    os.nice(niceness)
     results.put(asyncio.run(_flood(address, rate, seconds)))
 
 
@@ -109,22 +118,23 @@ def _summary(latencies: list[float], outcomes: dict[str, int]) -> dict[str, Any]
     }
 
 
-def run(bench: Bench, *, seconds: float, rate: float, flood_rate: float, rounds: int) -> dict[str, Any]:
+def run(bench: Bench, *, seconds: float, rate: float, flood_rate: float, rounds: int, niceness: int) -> dict[str, Any]:
     bench.db.brand(BRAND, int(rate * seconds * rounds * 2) + 100)
     server = bench.start_server(1)
     context = multiprocessing.get_context("spawn")
     series: dict[str, dict[str, Any]] = {
-        kind: {"latencies": [], "outcomes": Counter()} for kind in ("baseline", "flood")
+        kind: {"latencies": [], "outcomes": Counter(), "cpu": 0.0, "wall": 0.0} for kind in ("baseline", "flood")
     }
     floods = []
     try:
         for round_ in range(rounds):
             for kind in ("baseline", "flood") if round_ % 2 == 0 else ("flood", "baseline"):
                 flooder = None
+                cpu, wall = cpu_seconds(server.pid), time.perf_counter()
                 if kind == "flood":
                     results = context.Queue()
                     flooder = context.Process(
-                        target=_flood_process, args=(server.address, flood_rate, seconds + 1.0, results)
+                        target=_flood_process, args=(server.address, flood_rate, seconds + 1.0, niceness, results)
                     )
                     flooder.start()
                     time.sleep(1.0)  # the flood is under way (and its process started) before the claims
@@ -132,15 +142,25 @@ def run(bench: Bench, *, seconds: float, rate: float, flood_rate: float, rounds:
                 if flooder is not None:
                     floods.append(results.get(timeout=120))
                     flooder.join()
+                series[kind]["cpu"] += cpu_seconds(server.pid) - cpu
+                series[kind]["wall"] += time.perf_counter() - wall
                 series[kind]["latencies"] += claims["latencies"]
                 series[kind]["outcomes"].update(claims["outcomes"])
                 log(f"round {round_} {kind}: {_summary(claims['latencies'], claims['outcomes'])}")
+                log(f"  slowest (s into the series, ms): {claims['slowest']}")
     finally:
         bench.stop_server(server)
+    # What the flood adds to the server's CPU, per flood call: the flood rounds' CPU a second over
+    # the baseline rounds', over the flood's calls a second.
+    share = {kind: series[kind]["cpu"] / series[kind]["wall"] for kind in series}
+    flood_rps = sum(f["rps"] for f in floods) / max(1, len(floods))
     return {
+        "server_cpu_ms_per_flood_call": round((share["flood"] - share["baseline"]) / flood_rps * 1000, 3),
+        "server_cpu_cores": {kind: round(value, 2) for kind, value in share.items()},
         "seconds": seconds,
         "rate": rate,
         "flood_rate": flood_rate,
+        "flood_niceness": niceness,
         "rounds": rounds,
         "baseline": _summary(series["baseline"]["latencies"], dict(series["baseline"]["outcomes"])),
         "flood": _summary(series["flood"]["latencies"], dict(series["flood"]["outcomes"])),
@@ -168,10 +188,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=40.0, help="legitimate claims a second")
     parser.add_argument("--flood-rate", type=float, default=2000.0, help="bad-key calls a second")
     parser.add_argument("--rounds", type=int, default=2, help="alternated baseline and flood rounds")
+    parser.add_argument(
+        "--flood-niceness",
+        type=int,
+        default=19,
+        help="CPU niceness of the flood process (19, the lowest priority, stands for a flood from another machine, "
+        "which takes none of this machine's CPU; 0 for one that competes with the server)",
+    )
     args = parser.parse_args(argv)
     bench = Bench.open(FULL, Path(tempfile.mkdtemp(prefix="bench-floods-")))
     try:
-        result = run(bench, seconds=args.seconds, rate=args.rate, flood_rate=args.flood_rate, rounds=args.rounds)
+        result = run(
+            bench,
+            seconds=args.seconds,
+            rate=args.rate,
+            flood_rate=args.flood_rate,
+            rounds=args.rounds,
+            niceness=args.flood_niceness,
+        )
     finally:
         bench.close()
     out = ROOT / "bench" / "results" / f"floods-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
@@ -180,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     for flood in result["flood_calls"]:
         print(f"-- flood: {flood['calls']} calls at {flood['rps']}/s: {flood['outcomes']}")
     print(f"-- legitimate claims: baseline {result['baseline']['outcomes']}, flood {result['flood']['outcomes']}")
+    cpu = result["server_cpu_cores"]
+    print(f"-- server CPU (cores): {cpu}; {result['server_cpu_ms_per_flood_call']} ms per flood call")
     log(f"wrote {out}")
     return 0
 
