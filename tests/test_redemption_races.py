@@ -44,11 +44,17 @@ async def stubs(server: ServerHandle, replicas: int) -> AsyncIterator[list[pb_gr
         yield found
 
 
-async def claimed_code(server: ServerHandle, stub: pb_grpc.DiscountServiceStub, key: str) -> str:
+async def claimed_code(server: ServerHandle, servers: list[pb_grpc.DiscountServiceStub], key: str) -> str:
+    """alice's code, claimed through every server (the same code each time): each has then seen the key
+    in use before the race, as a shop's servers have."""
     create_brand(server.database_url, "acme")
     generate_codes_sql(server.database_url, "acme", 10)
-    reply = await stub.ClaimCode(claim_request("acme", "alice"), metadata=server.metadata(key))
-    return str(reply.claim.code)
+    codes = set()
+    for stub in servers:
+        reply = await stub.ClaimCode(claim_request("acme", "alice"), metadata=server.metadata(key))
+        codes.add(str(reply.claim.code))
+    (code,) = codes
+    return code
 
 
 async def redeemed(server: ServerHandle) -> int:
@@ -82,7 +88,7 @@ async def redeem_all(
 async def test_48_orders_racing_for_one_code_give_one_redemption(server: ServerHandle, replicas: int) -> None:
     key = create_key(server.database_url, "service")
     async with stubs(server, replicas) as servers:
-        code = await claimed_code(server, servers[0], key)
+        code = await claimed_code(server, servers, key)
         results = await redeem_all(server, servers, key, code, [f"order-{i}" for i in range(RACERS)])
     won = [r for r in results if isinstance(r, pb.RedeemCodeResponse)]
     lost = [r for r in results if not isinstance(r, pb.RedeemCodeResponse)]
@@ -97,7 +103,7 @@ async def test_48_orders_racing_for_one_code_give_one_redemption(server: ServerH
 async def test_48_retries_of_one_order_redeem_once(server: ServerHandle, replicas: int) -> None:
     key = create_key(server.database_url, "service")
     async with stubs(server, replicas) as servers:
-        code = await claimed_code(server, servers[0], key)
+        code = await claimed_code(server, servers, key)
         results = await redeem_all(server, servers, key, code, ["order-1"] * RACERS)
     assert all(isinstance(r, pb.RedeemCodeResponse) for r in results), results
     replies = [r for r in results if isinstance(r, pb.RedeemCodeResponse)]
@@ -112,7 +118,7 @@ async def test_cancel_racing_new_orders_leaves_at_most_one_standing(server: Serv
     """A cancellation racing 24 new orders: whichever order wins, never two standing redemptions."""
     key = create_key(server.database_url, "service")
     async with stubs(server, replicas) as servers:
-        code = await claimed_code(server, servers[0], key)
+        code = await claimed_code(server, servers, key)
         first = await servers[0].RedeemCode(
             pb.RedeemCodeRequest(brand_id="acme", code=code, user_id="alice", order_id="order-0"),
             metadata=server.metadata(key),

@@ -4,6 +4,7 @@ import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { DiscountClient } from "./client.js";
 import { byId } from "./dom.js";
 import { errorField, errorReason } from "./errors.js";
+import type { ClaimedCode } from "./redeem.js";
 
 interface TokenClaims {
   sub?: unknown;
@@ -67,7 +68,11 @@ export function claimErrorMessage(err: ConnectError, signedIn: boolean, tokenExp
   }
 }
 
-export function setupClaimView(client: DiscountClient, brand: string): void {
+export function setupClaimView(
+  client: DiscountClient,
+  brand: string,
+  onClaimed: (claimed: ClaimedCode) => void = () => {},
+): void {
   const form = byId<HTMLFormElement>("claim-form");
   const tokenInput = byId<HTMLTextAreaElement>("claim-token");
   const brandInput = byId<HTMLInputElement>("claim-brand");
@@ -145,6 +150,7 @@ export function setupClaimView(client: DiscountClient, brand: string): void {
         ? "Claimed just now. It is yours: claiming again shows this same code."
         : "You already had this code.";
       result.hidden = false;
+      onClaimed({ brandId: c.brandId, userId: c.userId, code: c.code });
     } catch (err) {
       const e = ConnectError.from(err);
       const expired = expiresAt !== null && expiresAt.getTime() <= Date.now();

@@ -3,6 +3,7 @@ import { setupClaimView } from "./claim.js";
 import { loadConfig, makeClient } from "./client.js";
 import { byId } from "./dom.js";
 import { setupLiveView } from "./live.js";
+import { setupRedeemStep } from "./redeem.js";
 
 const VIEWS = ["claim", "live"] as const;
 
@@ -20,7 +21,7 @@ async function main(): Promise<void> {
   const config = await loadConfig();
   byId("endpoint").textContent = config.envoyUrl;
   const client = makeClient(config.envoyUrl);
-  setupClaimView(client, config.brand);
+  setupClaimView(client, config.brand, setupRedeemStep(client));
   setupLiveView(client, config.brand);
   window.addEventListener("hashchange", showView);
   showView();

@@ -16,5 +16,5 @@ SELECT outcome, user_id, redeemed_at, cancelled_at
 FROM discount_cancel_redemption(%(brand_key)s::integer, %(code)s::text, %(order_id)s::text);
 
 -- name: redeemed_count
--- The brand's standing redemptions: the sum of its (at most 16) stripe counters.
+-- The brand's standing redemptions: the sum of its (at most 64) counters.
 SELECT coalesce(sum(standing), 0) FROM redemption_counts WHERE brand_key = %(brand_key)s::integer;
