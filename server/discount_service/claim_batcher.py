@@ -25,7 +25,7 @@ trip and one flush for all of them (docs/design.md#group-commit).
   (deadline, cancel) before its batch left is not claimed for.
 - A caller waits for its batch only until shortly before its call's deadline (deadline.py): then
   it is told UNAVAILABLE, and retries, since a claim is idempotent per brand and user. A batch
-  serves many callers, so it runs without any one caller's deadline.
+  serves many callers, so it runs without any one caller's deadline (a task of its own).
 - On a Citus cluster (`store.claims_span_brands` false) a call must stay on the one node that holds
   its brand, so a transaction's claims go as one call per brand, all at once: each brand's still
   share a commit, on its node.
@@ -117,9 +117,7 @@ class ClaimBatcher:
             if not lanes:
                 return  # every waiting claim is in a lane that is in a transaction already
             self._started.append(loop.time())
-            task = loop.create_task(
-                self._transaction(batch, lanes, self._started[-1]), context=deadline.without_call_deadline()
-            )
+            task = loop.create_task(self._transaction(batch, lanes, self._started[-1]))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
