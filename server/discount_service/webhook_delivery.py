@@ -42,7 +42,7 @@ from .webhooks import SecretBox
 
 log = logging.getLogger(__name__)
 
-SCAN_SECONDS = 3.0
+SCAN_SECONDS = 5.0  # how soon a process takes over the webhooks of one that died
 MAX_BODY_BYTES = 1024 * 1024  # a delivery holds fewer claims rather than a bigger body
 KEEP_ATTEMPTS = 10_000
 # A webhook starts a delivery at most this often while claims keep coming (a full one at once).

@@ -3,7 +3,8 @@ the session advisory locks that let exactly one process at a time deliver a webh
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -254,7 +255,11 @@ class Webhooks(StoreBase):
         return (str(rows[0][0]), int(rows[0][1])) if rows else None
 
     def webhook_locks(self) -> WebhookLocks:
-        return WebhookLocks(self._conninfo, f"{self._application_name}-webhooks")
+        return WebhookLocks(self._conninfo, f"{self._application_name}-webhooks", on_answer=self._lock_scan_answered)
+
+    def _lock_scan_answered(self) -> None:
+        # A scan that succeeded proves the database answers: the health check need not ask again.
+        self._answered_at = time.monotonic()
 
 
 class WebhookLocks:
@@ -262,9 +267,10 @@ class WebhookLocks:
     If it breaks, PostgreSQL releases them all at once and another process can take them over, so
     the owner must stop delivering the moment any call here fails (it raises errors.Unavailable)."""
 
-    def __init__(self, conninfo: str, application_name: str) -> None:
+    def __init__(self, conninfo: str, application_name: str, on_answer: Callable[[], None]) -> None:
         self._conninfo = conninfo
         self._application_name = application_name
+        self._on_answer = on_answer
         self._conn: psycopg.AsyncConnection[Any] | None = None
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
@@ -282,6 +288,7 @@ class WebhookLocks:
                 conn = await self._connection()
                 cur = await conn.execute(QUERIES["webhook_scan"], {"held": list(held)})
                 rows = await cur.fetchall()
+                self._on_answer()
             except psycopg.Error:
                 await self.close()
                 raise
