@@ -8,10 +8,13 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
+import psycopg
 import pytest
 
 from discount.v1 import discount_service_pb2 as pb
 from discount.v1 import discount_service_pb2_grpc as pb_grpc
+from discount_dev.citus import CitusDatabases
+from discount_service.store import QUERIES
 from tests.support import (
     ServerHandle,
     claim_request,
@@ -21,6 +24,7 @@ from tests.support import (
     in_process_server,
     sql,
 )
+from tests.test_citus import brands_on_every_node, worker_port_of
 from tests.test_redemption import refusal
 
 pytestmark = pytest.mark.both_engines  # PostgreSQL and Citus (tests/conftest.py)
@@ -137,3 +141,31 @@ async def test_cancel_racing_new_orders_leaves_at_most_one_standing(server: Serv
     standing = sql(server.database_url, "SELECT order_id FROM redemptions WHERE cancelled_at IS NULL")
     assert standing == [(r.redemption.order_id,) for r in won]
     assert await redeemed(server) == len(won)
+
+
+@pytest.mark.parametrize("statement", ["redeem", "cancel_redemption"])
+def test_on_citus_a_redemption_is_one_call_pushed_down_to_the_brands_worker(
+    citus_databases: CitusDatabases, statement: str
+) -> None:
+    """Both statements are routed whole to the worker holding the brand (one task, the function call
+    itself), and Citus pushes the call down when it runs as the store runs it: one statement, outside
+    any transaction block."""
+    url = citus_databases.create()
+    notices: list[str] = []
+    try:
+        for brand in brands_on_every_node(url, 1, 10):
+            key = int(sql(url, "SELECT brand_key FROM brands WHERE brand_id = %s", (brand,))[0][0])
+            code = sql(url, "SELECT code FROM codes WHERE brand_key = %s LIMIT 1", (key,))[0][0]
+            params = {"brand_key": key, "code": code, "user_id": "u", "order_id": "o-1"}
+            plan = [row[0] for row in sql(url, "EXPLAIN (VERBOSE) " + QUERIES[statement], params)]
+            assert [line.strip() for line in plan if "Task Count" in line] == ["Task Count: 1"], plan
+            assert any(f"Node: host=127.0.0.1 port={worker_port_of(url, brand)} " in line for line in plan), plan
+            notices.clear()
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+                conn.execute("SET client_min_messages TO debug1")
+                rows = conn.execute(QUERIES[statement], params).fetchall()  # type: ignore[arg-type]
+            assert rows[0][0] == ("not_held" if statement == "redeem" else "redemption_not_found")
+            assert "pushing down the function call" in notices
+    finally:
+        citus_databases.drop(url)
