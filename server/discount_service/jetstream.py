@@ -5,22 +5,22 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import nats
 import nats.errors
 import nats.js.errors
-from google.protobuf.json_format import MessageToDict
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from .encoding import claim_to_proto
 from .models import Claim
 from .settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_SECONDS = 2.0
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 NATS_ERRORS: tuple[type[Exception], ...] = (nats.errors.Error, OSError, TimeoutError)
 
@@ -100,5 +100,26 @@ async def check_stream_at_start(settings: Settings) -> None:
 
 
 def claim_message(claim: Claim) -> bytes:
-    data = MessageToDict(claim_to_proto(claim), preserving_proto_field_name=True)
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    """The claim as protobuf's JSON mapping writes it (MessageToDict with the proto field names: empty
+    fields left out, `sequence` a string, timestamps in UTC with 0, 3 or 6 fraction digits), built
+    directly: a tenth of the cost of going through the message, for every claim relayed."""
+    data: dict[str, str] = {}
+    if claim.sequence:
+        data["sequence"] = str(claim.sequence)
+    for name, value in (("brand_id", claim.brand_id), ("code", claim.code), ("user_id", claim.user_id)):
+        if value:
+            data[name] = value
+    if claim.email:
+        data["email"] = claim.email
+    data["claimed_at"] = _timestamp(claim.claimed_at)
+    if claim.expires_at is not None:
+        data["expires_at"] = _timestamp(claim.expires_at)
+    return _JSON.encode(data).encode()
+
+
+def _timestamp(at: datetime) -> str:
+    if at.tzinfo is not None:
+        at = at.astimezone(UTC)
+    micros = at.microsecond
+    fraction = "" if micros == 0 else f".{micros // 1000:03d}" if micros % 1000 == 0 else f".{micros:06d}"
+    return at.replace(tzinfo=None, microsecond=0).isoformat() + fraction + "Z"

@@ -298,9 +298,8 @@ class _Session:
         if message.headers and message.headers.get(STATUS_HEADER) == "503":
             self.fail(nats.js.errors.NoStreamResponseError())
             return
-        answer = json.loads(message.data)
-        if "error" in answer:
-            self.fail(nats.js.errors.APIError.from_error(answer["error"]))
+        if b'"error"' in message.data:  # a PubAck is {"stream":...,"seq":...}: parsed only when it is not
+            self.fail(nats.js.errors.APIError.from_error(json.loads(message.data)["error"]))
             return
         brand_key, sequence, _ = waiting
         unacked = self._unacked[brand_key]

@@ -4,10 +4,12 @@ message a claim becomes, and the relay settings."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from google.protobuf.json_format import MessageToDict
 
+from discount_service.encoding import claim_to_proto
 from discount_service.jetstream import claim_message, covers, subject_for
 from discount_service.models import Claim
 from discount_service.settings import Settings, SettingsError
@@ -50,6 +52,29 @@ def test_a_message_is_the_claim_in_protobuf_json_with_the_sequence_as_a_string()
         "email": "u@example.com",
         "claimed_at": "2026-12-06T01:02:03Z",
     }
+
+
+@pytest.mark.parametrize(
+    "claim",
+    [
+        Claim(1, "acme", "C-1", "u", "u@example.com", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), None),
+        Claim(2, "shop.example", "C-2", "ü-ser", "", datetime(2026, 1, 2, 3, 4, 5, 120000, tzinfo=UTC), None),
+        Claim(
+            3,
+            "acme",
+            "C-3",
+            "u3",
+            "x@example.com",
+            datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=timezone(timedelta(hours=-5))),
+            datetime(2027, 1, 1, tzinfo=UTC),
+        ),
+        Claim(2**63, "b", "C", "u", "e@example.com", datetime(2026, 1, 2, 3, 4, 5, 1000, tzinfo=UTC), None),
+    ],
+)
+def test_a_message_is_what_protobuf_json_makes_of_the_claim(claim: Claim) -> None:
+    expected = MessageToDict(claim_to_proto(claim), preserving_proto_field_name=True)
+    assert json.loads(claim_message(claim)) == expected
+    assert list(json.loads(claim_message(claim))) == list(expected)
 
 
 def test_relay_settings_default_and_refuse_what_nats_would() -> None:
