@@ -23,8 +23,8 @@ from .admin_servicer import ADMIN_SERVICE_NAME, AdminServicer, add_admin_to_serv
 from .auth import Authenticator
 from .expiry_sweep import ExpirySweep
 from .feed import ClaimFeed
-from .limits import Capacity
 from .jetstream import check_stream_at_start
+from .limits import Capacity
 from .metrics import Metrics
 from .operating_state import OperatingState
 from .relay import ClaimRelay
