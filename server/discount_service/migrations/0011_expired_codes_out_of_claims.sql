@@ -3,13 +3,16 @@
 -- counts it on its brand's feed head (`expired_codes`); the free-code index no longer holds it, so a
 -- claim's pick and a NO_CODES_LEFT stop walking a brand's expired codes. `codes_expiring` finds the
 -- codes to sweep and counts those not swept yet (brand stats stay exact); `code_batches_to_sweep`
--- finds the brands to sweep. The claim's pick gains `NOT f.expired`, so it can use the new index.
+-- finds the brands to sweep. `codes_free` gains the expiry as a third key, so a pick passes over codes
+-- expired but not swept yet inside the index; the claim's pick gains `NOT f.expired` (so the partial
+-- index serves it) and tests the expiry as `coalesce(f.expires_at, 'infinity') > now()`, an index
+-- condition.
 ALTER TABLE brand_feed_heads ADD COLUMN expired_codes bigint NOT NULL DEFAULT 0;
 ALTER TABLE code_batches ADD COLUMN expired_swept boolean NOT NULL DEFAULT false;
 ALTER TABLE codes ADD COLUMN expired boolean NOT NULL DEFAULT false;
 CREATE INDEX code_batches_to_sweep ON code_batches (expires_at) WHERE NOT expired_swept AND expires_at IS NOT NULL;
 DROP INDEX codes_free;
-CREATE INDEX codes_free ON codes (brand_key, code_key) WHERE NOT claimed AND NOT expired;
+CREATE INDEX codes_free ON codes (brand_key, code_key, (coalesce(expires_at, 'infinity'))) WHERE NOT claimed AND NOT expired;
 CREATE INDEX codes_expiring ON codes (brand_key, expires_at) WHERE NOT claimed AND NOT expired AND expires_at IS NOT NULL;
 
 CREATE OR REPLACE FUNCTION discount_claim_brand(
@@ -72,7 +75,7 @@ BEGIN
         SELECT f.ctid, f.code, f.expires_at, f.code_key INTO v_ctid, v_code, v_expires, v_code_key
         FROM codes f
         WHERE f.brand_key = v_brand AND NOT f.claimed AND f.code_key > v_hint
-          AND NOT f.expired AND (f.expires_at IS NULL OR f.expires_at > now())
+          AND NOT f.expired AND coalesce(f.expires_at, 'infinity') > now()
         ORDER BY f.code_key LIMIT 1
         FOR UPDATE SKIP LOCKED;
         v_found := FOUND;
@@ -82,7 +85,7 @@ BEGIN
             SELECT f.ctid, f.code, f.expires_at, f.code_key INTO v_ctid, v_code, v_expires, v_code_key
             FROM codes f
             WHERE f.brand_key = v_brand AND NOT f.claimed AND f.code_key > 0
-              AND NOT f.expired AND (f.expires_at IS NULL OR f.expires_at > now())
+              AND NOT f.expired AND coalesce(f.expires_at, 'infinity') > now()
             ORDER BY f.code_key LIMIT 1
             FOR UPDATE SKIP LOCKED;
             v_found := FOUND;

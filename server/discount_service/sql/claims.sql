@@ -25,6 +25,6 @@ FROM discount_claim_brand(%(brand_key)s::integer, %(user_ids)s::text[], %(emails
 SELECT f.ctid, f.code, f.expires_at, f.code_key
 FROM codes f
 WHERE f.brand_key = $1 AND NOT f.claimed AND f.code_key > $2
-  AND NOT f.expired AND (f.expires_at IS NULL OR f.expires_at > now())
+  AND NOT f.expired AND coalesce(f.expires_at, 'infinity') > now()
 ORDER BY f.code_key LIMIT 1
 FOR UPDATE SKIP LOCKED;

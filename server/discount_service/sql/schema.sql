@@ -100,8 +100,9 @@ CREATE TABLE codes (
 -- `claimed` flips once, and so does `expired` (set by the expiry sweep on an unclaimed code past its
 -- expires_at), so this partial index holds only free codes: it is the only index that can serve the
 -- code pick, its plan cannot drift onto the primary key (docs/design.md#trap-plan-drift), and swept
--- codes are not in a claim's path (docs/design.md#trap-expired-scan).
-CREATE INDEX codes_free ON codes (brand_key, code_key) WHERE NOT claimed AND NOT expired;
+-- codes are not in a claim's path. The expiry as a third key lets the pick pass over codes expired but
+-- not swept yet inside the index, without a heap visit each (docs/design.md#trap-expired-scan).
+CREATE INDEX codes_free ON codes (brand_key, code_key, (coalesce(expires_at, 'infinity'))) WHERE NOT claimed AND NOT expired;
 -- Free codes with an expiry, soonest first: what the sweep takes, and the exact count of codes that
 -- expired but are not swept yet, which brand stats add to the feed head's `expired_codes`.
 CREATE INDEX codes_expiring ON codes (brand_key, expires_at) WHERE NOT claimed AND NOT expired AND expires_at IS NOT NULL;
@@ -208,7 +209,7 @@ BEGIN
         SELECT f.ctid, f.code, f.expires_at, f.code_key INTO v_ctid, v_code, v_expires, v_code_key
         FROM codes f
         WHERE f.brand_key = v_brand AND NOT f.claimed AND f.code_key > v_hint
-          AND NOT f.expired AND (f.expires_at IS NULL OR f.expires_at > now())
+          AND NOT f.expired AND coalesce(f.expires_at, 'infinity') > now()
         ORDER BY f.code_key LIMIT 1
         FOR UPDATE SKIP LOCKED;
         v_found := FOUND;
@@ -218,7 +219,7 @@ BEGIN
             SELECT f.ctid, f.code, f.expires_at, f.code_key INTO v_ctid, v_code, v_expires, v_code_key
             FROM codes f
             WHERE f.brand_key = v_brand AND NOT f.claimed AND f.code_key > 0
-              AND NOT f.expired AND (f.expires_at IS NULL OR f.expires_at > now())
+              AND NOT f.expired AND coalesce(f.expires_at, 'infinity') > now()
             ORDER BY f.code_key LIMIT 1
             FOR UPDATE SKIP LOCKED;
             v_found := FOUND;
