@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import secrets
 import time
@@ -29,21 +28,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
-from google.protobuf.json_format import MessageToDict
-
 from . import errors
-from .encoding import claim_to_proto
 from .feed import ClaimFeed
 from .models import Claim
 from .settings import Settings
 from .store import AttemptOutcome, ScannedWebhook, Store, WebhookLocks
-from .webhook_http import Poster, retry_delay, signature
+from .webhook_http import ClaimJson, Poster, body, next_delivery, retry_delay, signature
 from .webhooks import SecretBox
 
 log = logging.getLogger(__name__)
 
 SCAN_SECONDS = 5.0  # how soon a process takes over the webhooks of one that died
-MAX_BODY_BYTES = 1024 * 1024  # a delivery holds fewer claims rather than a bigger body
 KEEP_ATTEMPTS = 10_000
 # A webhook starts a delivery at most this often while claims keep coming (a full one at once).
 GATHER_SECONDS = 0.05
@@ -51,46 +46,6 @@ PUMP_CLAIMS = 10_000
 # The feed sends a run of claims as one message at most this big: never split, so never paced by
 # the watchers' fan-out budget (a webhook sends its own, fewer, requests).
 _WHOLE_RUN = 1 << 30
-
-
-class ClaimJson:
-    """Each claim's JSON made once, for every webhook of its brand (the feed shares Claim objects)."""
-
-    def __init__(self, size: int = 8192) -> None:
-        self._size = size
-        self._entries: dict[int, tuple[Claim, bytes]] = {}
-
-    def __call__(self, claim: Claim) -> bytes:
-        entry = self._entries.get(id(claim))
-        if entry is not None and entry[0] is claim:
-            return entry[1]
-        data = MessageToDict(claim_to_proto(claim), preserving_proto_field_name=True)
-        encoded = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
-        if len(self._entries) >= self._size:
-            for key in list(itertools.islice(self._entries, self._size // 4)):
-                del self._entries[key]
-        self._entries[id(claim)] = (claim, encoded)
-        return encoded
-
-
-def next_delivery(
-    buffer: deque[Claim], most: int, encode: Callable[[Claim], bytes], max_bytes: int = MAX_BODY_BYTES
-) -> list[Claim]:
-    """The claims of the next delivery: the first `most` of the buffer, fewer if their JSON would
-    pass `max_bytes` (one at least, whatever its size)."""
-    batch: list[Claim] = []
-    size = 0
-    for claim in itertools.islice(buffer, most):
-        size += len(encode(claim)) + 1
-        if batch and size > max_bytes:
-            break
-        batch.append(claim)
-    return batch
-
-
-def body(brand_id: str, claims: list[bytes]) -> bytes:
-    head = b'{"type":"claims.created","brand_id":' + json.dumps(brand_id, ensure_ascii=False).encode()
-    return head + b',"claims":[' + b",".join(claims) + b"]}"
 
 
 class DeliveryObserver(Protocol):

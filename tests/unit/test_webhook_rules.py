@@ -12,13 +12,26 @@ from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
+from google.protobuf.json_format import MessageToDict
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from standardwebhooks import Webhook
 
 from discount_service import errors
+from discount_service.encoding import claim_to_proto
 from discount_service.models import Claim
 from discount_service.settings import Settings, SettingsError
-from discount_service.webhook_delivery import MAX_BODY_BYTES, ClaimJson, body, next_delivery
-from discount_service.webhook_http import MAX_WAIT_SECONDS, retry_after_seconds, retry_delay, signature
+from discount_service.webhook_http import (
+    MAX_BODY_BYTES,
+    MAX_WAIT_SECONDS,
+    ClaimJson,
+    body,
+    claim_json,
+    next_delivery,
+    retry_after_seconds,
+    retry_delay,
+    signature,
+)
 from discount_service.webhooks import SecretBox, address_allowed, check_url, new_secret
 
 
@@ -147,3 +160,30 @@ def test_a_delivery_holds_at_most_max_claims_and_about_a_mebibyte() -> None:
             }
         ],
     }
+
+
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+_TIMES = st.datetimes(
+    min_value=datetime(1970, 1, 1), max_value=datetime(9999, 12, 31), timezones=st.just(UTC)
+) | st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2100, 1, 1)).map(
+    lambda t: t.replace(microsecond=t.microsecond // 1000 * 1000, tzinfo=UTC)
+)
+
+
+@given(
+    sequence=st.integers(min_value=0, max_value=2**63 - 1),
+    brand_id=_TEXT,
+    code=_TEXT,
+    user_id=_TEXT,
+    email=_TEXT,
+    claimed_at=_TIMES,
+    expires_at=st.none() | _TIMES,
+)
+@settings(max_examples=300, deadline=None)
+def test_a_claims_json_is_what_message_to_dict_gives(
+    sequence: int, brand_id: str, code: str, user_id: str, email: str, claimed_at: datetime, expires_at: datetime | None
+) -> None:
+    claim = Claim(sequence, brand_id, code, user_id, email, claimed_at, expires_at)
+    expected = MessageToDict(claim_to_proto(claim), preserving_proto_field_name=True)
+    assert json.loads(claim_json(claim)) == expected
+    assert list(json.loads(claim_json(claim))) == list(expected), "the same field order"

@@ -5,13 +5,39 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from discount_client import Webhook, WebhookDelivery
+import discount_client
+from discount_client import DiscountClient, Webhook, WebhookDelivery
 
 from ..settings import Settings
-from .client import _client, _print
+from .common import CommandError
+
+
+@contextmanager
+def _client() -> Iterator[DiscountClient]:
+    """A client of DISCOUNT_ADDRESS with DISCOUNT_API_KEY; a failed call becomes one line for the user."""
+    address = os.environ.get("DISCOUNT_ADDRESS") or discount_client.DEFAULT_ADDRESS
+    api_key = os.environ.get("DISCOUNT_API_KEY", "")
+    if not api_key:
+        raise CommandError("DISCOUNT_API_KEY is not set: use the brand's key or an admin key")
+    client = DiscountClient(address, api_key)
+    try:
+        yield client
+    except discount_client.Unavailable as exc:
+        raise CommandError(f"cannot reach the discount service at {address} (DISCOUNT_ADDRESS): {exc}") from None
+    except discount_client.DiscountError as exc:
+        raise CommandError(f"{exc.method} failed: {exc.code}: {exc}") from None
+    finally:
+        client.close()
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
 
 
 def _iso(value: datetime | None) -> str | None:
