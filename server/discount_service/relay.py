@@ -177,11 +177,11 @@ class ClaimRelay:
                 except StreamMismatch as exc:
                     log.error("relay stopped: %s", exc)
                     pause = STREAM_MISMATCH_RETRY_SECONDS
+                except nats.js.errors.APIError as exc:
+                    log.error("relay: JetStream refused a claim (%r); reconnecting", exc)
                 except (nats.errors.Error, OSError, TimeoutError, errors.Unavailable) as exc:
                     if self.connected:
                         log.warning("relay lost NATS or the database (%r); reconnecting", exc)
-                except nats.js.errors.APIError as exc:
-                    log.error("relay: JetStream refused a claim (%s); reconnecting", exc)
                 finally:
                     self.connected, self._session = False, None
                     await session.close()

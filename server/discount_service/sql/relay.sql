@@ -19,6 +19,13 @@ SELECT k, s FROM unnest(%(brand_keys)s::integer[], %(sequences)s::bigint[]) AS t
 ON CONFLICT (brand_key) DO UPDATE
 SET relayed_sequence = greatest(relay_positions.relayed_sequence, excluded.relayed_sequence);
 
+-- name: relay_keepalives
+-- The server side of the lock's connection probes the relay too, so the lock of a relay whose machine
+-- vanished without closing the connection is released within seconds (no effect over a Unix socket).
+SELECT set_config('tcp_keepalives_idle', '5', false),
+       set_config('tcp_keepalives_interval', '2', false),
+       set_config('tcp_keepalives_count', '3', false);
+
 -- name: relay_try_lock
 -- The session advisory lock of the relay, if no other session holds it. On the coordinator alone
 -- (no table), so on Citus too the lock is this session's.

@@ -57,8 +57,16 @@ class RelayLock:
             try:
                 if self._conn is None or self._conn.closed:
                     self._conn = await psycopg.AsyncConnection.connect(
-                        self._conninfo, autocommit=True, application_name=self._application_name
+                        self._conninfo,
+                        autocommit=True,
+                        application_name=self._application_name,
+                        # A holder whose machine vanished (no FIN) is noticed within seconds, not hours.
+                        keepalives=1,
+                        keepalives_idle=5,
+                        keepalives_interval=2,
+                        keepalives_count=3,
                     )
+                    await self._conn.execute(QUERIES["relay_keepalives"])
                 cur = await self._conn.execute(QUERIES[query], params)
                 return await cur.fetchall()
             except psycopg.Error:
