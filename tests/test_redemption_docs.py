@@ -9,6 +9,7 @@ import json
 import os
 import sys
 
+from discount.v1 import discount_service_pb2 as pb
 from tests.readme_support import README, README_ADDRESS, code_blocks, readme_section, shell_commands, words
 from tests.support import BIN, ServerHandle, claim_request, create_brand, create_key, generate_codes_sql, sql
 
@@ -70,3 +71,23 @@ async def test_the_grpcurl_and_python_examples_work_as_written(server: ServerHan
     assert out.strip().endswith("(new)"), out
     rows = sql(url, "SELECT order_id, cancelled_at IS NOT NULL FROM redemptions ORDER BY order_id")
     assert rows == [("1001", True), ("1002", True)]
+
+
+async def test_discount_stats_shows_the_standing_redemptions(server: ServerHandle) -> None:
+    from tests.test_client_cli import client_env, discount
+
+    url = server.database_url
+    create_brand(url, "acme")
+    generate_codes_sql(url, "acme", 5)
+    service_key = create_key(url, "service")
+    channel, stub = server.aio_stub()
+    async with channel:
+        for user in ("a", "b"):
+            claimed = await stub.ClaimCode(claim_request("acme", user), metadata=server.metadata(service_key))
+            request = pb.RedeemCodeRequest(brand_id="acme", code=claimed.claim.code, user_id=user, order_id=f"o-{user}")
+            await stub.RedeemCode(request, metadata=server.metadata(service_key))
+    code, out, err = await discount("stats", "acme", env=client_env(server.address, server.admin_key))
+    assert code == 0, err
+    assert out.splitlines()[-2:] == ["expired    0", "redeemed   2"]
+    code, out, _ = await discount("stats", "acme", "--json", env=client_env(server.address, server.admin_key))
+    assert json.loads(out)["redeemed"] == 2
