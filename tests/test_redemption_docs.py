@@ -12,6 +12,7 @@ import sys
 from discount.v1 import discount_service_pb2 as pb
 from tests.readme_support import README, README_ADDRESS, code_blocks, readme_section, shell_commands, words
 from tests.support import BIN, ServerHandle, claim_request, create_brand, create_key, generate_codes_sql, sql
+from tests.test_client_cli import client_env, discount
 
 
 async def run(command: list[str], env: dict[str, str]) -> str:
@@ -74,8 +75,6 @@ async def test_the_grpcurl_and_python_examples_work_as_written(server: ServerHan
 
 
 async def test_discount_stats_shows_the_standing_redemptions(server: ServerHandle) -> None:
-    from tests.test_client_cli import client_env, discount
-
     url = server.database_url
     create_brand(url, "acme")
     generate_codes_sql(url, "acme", 5)
