@@ -23,6 +23,7 @@ from google.rpc.status_pb2 import Status
 
 from discount.v1 import discount_service_pb2 as pb
 from discount_service.auth import FAILED_AUTH_BURST
+from tests.browser.support import JWT_SECRET, token
 from tests.db_proxy import proxied
 from tests.support import ServerHandle, claim_request, create_brand, create_key, generate_codes_sql, in_process_server
 
@@ -125,6 +126,39 @@ async def test_a_flood_of_bad_keys_is_rate_limited_but_valid_keys_from_the_same_
     delays = [delay for _, reason, delay in refusals if reason == "RATE_LIMITED"]
     assert all(delay is not None and 0 < delay <= 1.0 for delay in delays)
     assert after_wait[:2] == (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
+
+
+async def test_a_throttled_host_still_signs_in_shoppers_and_new_valid_keys(database_url: str) -> None:
+    """A shopper's token is verified without the database, so the throttle never refuses a valid one;
+    a valid key the server has not seen yet waits at most for the host's next token."""
+    create_brand(database_url, "acme")
+    generate_codes_sql(database_url, "acme", 10)
+    async with in_process_server(database_url, jwt_secret=JWT_SECRET) as (_, server):
+        new_key = create_key(database_url, "service")
+        channel, stub = server.aio_stub()
+        async with channel:
+
+            async def bad() -> str:
+                try:
+                    await stub.GetBrandStats(
+                        pb.GetBrandStatsRequest(brand_id="acme"), metadata=(("x-api-key", _bad_key()),)
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    return _refusal(exc)[1]
+                raise AssertionError("a bad key was accepted")
+
+            assert (await asyncio.gather(*(bad() for _ in range(50))))[-1] == "RATE_LIMITED"
+            shopper = (("authorization", f"Bearer {token('shopper', 'shopper@example.com')}"),)
+            reply = await stub.ClaimCode(claim_request("acme", "shopper", "shopper@example.com"), metadata=shopper)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.ClaimCode(claim_request("acme", "someone"), metadata=(("x-api-key", new_key),))
+            code, reason, delay = _refusal(refused.value)
+            assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
+            assert delay is not None
+            await asyncio.sleep(delay)
+            late = await stub.ClaimCode(claim_request("acme", "someone"), metadata=(("x-api-key", new_key),))
+    assert reply.claim.user_id == "shopper"
+    assert late.claim.user_id == "someone"
 
 
 @pytest.mark.timeout(120)

@@ -77,15 +77,17 @@ class Authenticator:
 
     async def authenticate(self, api_key: str | None, authorization: str | None = None, *, peer: str = "") -> Principal:
         """The caller's principal. `peer` (the caller's host) is throttled after repeated failures:
-        a credential this server has not seen valid takes one of the host's tokens before it is
-        checked, and gives it back if it turns out valid, so however many such calls a host has in
-        flight, only as many as it has tokens reach a lookup."""
+        an API key this server has not seen valid takes one of the host's tokens before it is
+        looked up, and gives it back if it turns out valid, so however many such calls a host has
+        in flight, only as many as it has tokens reach the database. A key seen valid and a bearer
+        token (checked without the database) are checked whatever the throttle says; when they
+        fail, they take a token all the same."""
         if not peer:
             return await self._verify(api_key, authorization)
-        if self._seen_valid(api_key):
+        if self._seen_valid(api_key) or (not api_key and authorization):
             try:
                 return await self._verify(api_key, authorization)
-            except errors.Unauthenticated:  # revoked since
+            except errors.Unauthenticated:  # revoked since, or a token that does not verify
                 self.failed_auth.take(peer)
                 raise
         if not self.failed_auth.take(peer):
