@@ -147,7 +147,7 @@ async def test_a_throttled_host_still_signs_in_shoppers_and_new_valid_keys(datab
                     return _refusal(exc)[1]
                 raise AssertionError("a bad key was accepted")
 
-            assert (await asyncio.gather(*(bad() for _ in range(50))))[-1] == "RATE_LIMITED"
+            assert "RATE_LIMITED" in await asyncio.gather(*(bad() for _ in range(50)))
             shopper = (("authorization", f"Bearer {token('shopper', 'shopper@example.com')}"),)
             reply = await stub.ClaimCode(claim_request("acme", "shopper", "shopper@example.com"), metadata=shopper)
             with pytest.raises(grpc.aio.AioRpcError) as refused:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import secrets
 import time
 from collections import OrderedDict
@@ -210,8 +211,10 @@ class FailedAuthThrottle:
         return min(self._burst, tokens + (now - at) * self._per_second)
 
     def retry_after(self, host: str) -> float:
-        """Seconds until the host has a token again, in hundredths (few distinct answers to encode)."""
-        return round(max(0.01, (1.0 - self._tokens(host, time.monotonic())) / self._per_second), 2)
+        """Seconds until the host has a token again, rounded up to hundredths (few distinct answers
+        to encode) with a few milliseconds to spare: a caller that waits exactly this long finds one."""
+        wait = (1.0 - self._tokens(host, time.monotonic())) / self._per_second
+        return math.ceil((max(0.0, wait) + 0.005) * 100) / 100
 
     def take(self, host: str) -> bool:
         """Takes one of the host's tokens; False if it has none."""
