@@ -44,6 +44,7 @@ DOMAIN = {
     "redemption",
     "operating_state",
     "expiry_sweep",
+    "revocation",
 }
 STORE = {"store", "embedded"}
 SHARED = {"settings", "logs", "eventloop", "deadline", "__init__"}
