@@ -128,6 +128,22 @@ async def test_a_flood_of_bad_keys_is_rate_limited_but_valid_keys_from_the_same_
     assert after_wait[:2] == (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
 
 
+async def test_a_burst_of_calls_with_a_valid_key_not_seen_yet_all_succeed(server: ServerHandle) -> None:
+    """They share one lookup, so they cost the database one query and the throttle nothing."""
+    create_brand(server.database_url, "acme")
+    generate_codes_sql(server.database_url, "acme", 300)
+    new_key = create_key(server.database_url, "service")
+    channel, stub = server.aio_stub()
+    async with channel:
+        replies = await asyncio.gather(
+            *(
+                stub.ClaimCode(claim_request("acme", f"burst-{i}"), metadata=server.metadata(new_key))
+                for i in range(300)
+            )
+        )
+    assert len({reply.claim.code for reply in replies}) == 300
+
+
 async def test_a_throttled_host_still_signs_in_shoppers_and_new_valid_keys(database_url: str) -> None:
     """A shopper's token is verified without the database, so the throttle never refuses a valid one;
     a valid key the server has not seen yet waits at most for the host's next token."""

@@ -80,12 +80,13 @@ class Authenticator:
         """The caller's principal. `peer` (the caller's host) is throttled after repeated failures:
         an API key this server has not seen valid takes one of the host's tokens before it is
         looked up, and gives it back if it turns out valid, so however many such calls a host has
-        in flight, only as many as it has tokens reach the database. A key seen valid and a bearer
-        token (checked without the database) are checked whatever the throttle says; when they
-        fail, they take a token all the same."""
+        in flight, only as many as it has tokens reach the database. A key seen valid, a key whose
+        lookup is in flight (the call shares it: no further query) and a bearer token (checked
+        without the database) are checked whatever the throttle says; when they fail, they take a
+        token all the same."""
         if not peer:
             return await self._verify(api_key, authorization)
-        if self._seen_valid(api_key) or (not api_key and authorization):
+        if self._costs_no_lookup(api_key) or (not api_key and authorization):
             try:
                 return await self._verify(api_key, authorization)
             except errors.Unauthenticated:  # revoked since, or a token that does not verify
@@ -106,8 +107,12 @@ class Authenticator:
         self.failed_auth.give_back(peer)
         return principal
 
-    def _seen_valid(self, api_key: str | None) -> bool:
-        return bool(api_key) and hash_key(api_key or "") in self._cache
+    def _costs_no_lookup(self, api_key: str | None) -> bool:
+        """Whether `api_key` was seen valid here (cached, even past its time) or is being looked up now."""
+        if not api_key:
+            return False
+        digest = hash_key(api_key)
+        return digest in self._cache or digest in self._lookups
 
     async def _verify(self, api_key: str | None, authorization: str | None) -> Principal:
         if api_key:
