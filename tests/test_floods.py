@@ -17,6 +17,7 @@ import secrets
 import time
 
 import grpc
+import psycopg
 import pytest
 from google.rpc.error_details_pb2 import ErrorInfo, RetryInfo
 from google.rpc.status_pb2 import Status
@@ -129,18 +130,23 @@ async def test_a_flood_of_bad_keys_is_rate_limited_but_valid_keys_from_the_same_
 
 
 async def test_a_burst_of_calls_with_a_valid_key_not_seen_yet_all_succeed(server: ServerHandle) -> None:
-    """They share one lookup, so they cost the database one query and the throttle nothing."""
+    """They share one lookup, so they cost the database one query and the throttle nothing. The
+    lookup is held back (an operator's lock on api_keys) until every call has arrived."""
     create_brand(server.database_url, "acme")
     generate_codes_sql(server.database_url, "acme", 300)
     new_key = create_key(server.database_url, "service")
     channel, stub = server.aio_stub()
-    async with channel:
-        replies = await asyncio.gather(
-            *(
-                stub.ClaimCode(claim_request("acme", f"burst-{i}"), metadata=server.metadata(new_key))
-                for i in range(300)
+    async with channel, await psycopg.AsyncConnection.connect(server.database_url) as holder:
+        await holder.execute("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")
+        burst = [
+            asyncio.ensure_future(
+                stub.ClaimCode(claim_request("acme", f"burst-{i}"), metadata=server.metadata(new_key), timeout=30)
             )
-        )
+            for i in range(300)
+        ]
+        await asyncio.sleep(1.0)
+        await holder.rollback()
+        replies = await asyncio.gather(*burst)
     assert len({reply.claim.code for reply in replies}) == 300
 
 
