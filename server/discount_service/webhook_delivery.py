@@ -43,6 +43,7 @@ KEEP_ATTEMPTS = 10_000
 # A webhook starts a delivery at most this often while claims keep coming (a full one at once).
 GATHER_SECONDS = 0.05
 PUMP_CLAIMS = 10_000
+STOP_SECONDS = 5.0
 # The feed sends a run of claims as one message at most this big: never split, so never paced by
 # the watchers' fan-out budget (a webhook sends its own, fewer, requests).
 _WHOLE_RUN = 1 << 30
@@ -294,11 +295,15 @@ class WebhookDeliverer:
         return list(self._workers)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._drop_all()
+        """Ends every delivery; bounded, so a statement or request that does not end on cancellation
+        cannot hold up the server's shutdown (the process exit then drops the locks)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOP_SECONDS):
+                if self._task is not None:
+                    self._task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await self._task
+                await self._drop_all()
         await self.poster.close()
 
     async def _supervise(self) -> None:
