@@ -8,7 +8,8 @@ listening() { (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; }
 
 listening && exit 0
 if [ ! -x /usr/sbin/nats-server ]; then
-  apt-get install -y nats-server >/dev/null
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y nats-server >/dev/null || { apt-get update >/dev/null && apt-get install -y nats-server >/dev/null; }
 fi
 mkdir -p /var/lib/nats-server
 start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
