@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import phases, report, targets
+from bench import phases, redemption, report, targets, webhooks
 from bench.common import ROOT, log
 
 RESULTS = ROOT / "bench" / "results"
@@ -72,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         results["many_watchers"] = phases.many_watchers(bench)
         results["single_claim_watchers"] = phases.single_claim_watchers(bench)
         results["idle"] = phases.idle(bench)
+        results["webhooks"] = webhooks.run(bench)
+        results["redemption"] = redemption.run(
+            bench, seconds=bench.profile.duration / 3, rounds=3, concurrency=bench.profile.concurrency,
+            codes=min(bench.profile.brand_codes, 60_000),
+        )  # fmt: skip
     finally:
         bench.close()
 

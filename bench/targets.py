@@ -192,6 +192,28 @@ def build_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         i["rss_mb"] <= 300,
     )
     row("  LISTEN connections", str(i["listen_connections"]), "", None, "exactly 1", i["listen_connections"] == 1)
+    if "webhooks" in r:  # bench/webhooks.py
+        wh = r["webhooks"]
+        row("claims/s, hot brand, one webhook vs none (closed loop)", f"{wh['with_webhook']['rps']:.0f}/s",
+            f"none {wh['without_webhook']['rps']:.0f}/s", wh["ratio"], ">= 0.85 x", wh["ratio"] >= 0.85)  # fmt: skip
+        for key, what in (
+            ("paced", "hot brand at half its unwatched rate"),
+            ("many", "90 of 100 webhooks, 10 hanging"),
+        ):
+            x = wh[key]
+            row(f"claim -> webhook receipt p99, {what}", f"{x['p99_ms']:.0f} ms", f"p50 {x['p50_ms']:.0f} ms", None,
+                "<= 1 s", x["p99_ms"] <= 1000 and x["every_claim_received"])  # fmt: skip
+    if "redemption" in r:  # bench/redemption.py
+        rd = r["redemption"]
+        claim, redeem, spread = rd["claim"], rd["redeem"], rd["redeem_spread"]
+        rate, scale = redeem["rps"] / claim["rps"], redeem["rps"] / spread["rps"]
+        p99 = redeem["p99_ms"] / claim["p99_ms"]
+        row("RedeemCode/s, hot brand, vs ClaimCode/s", f"{redeem['rps']:.0f}/s", f"claims {claim['rps']:.0f}/s", rate,
+            ">= 0.8 x", rate >= 0.8)  # fmt: skip
+        row("RedeemCode p99, hot brand, vs ClaimCode p99", f"{redeem['p99_ms']:.1f} ms",
+            f"claims {claim['p99_ms']:.1f} ms", p99, "<= 2 x", p99 <= 2)  # fmt: skip
+        row("RedeemCode/s, one brand vs 16 (no brand-wide lock)", f"{redeem['rps']:.0f}/s",
+            f"16 brands {spread['rps']:.0f}/s", scale, ">= 0.8 x", scale >= 0.8)  # fmt: skip
     return t
 
 
@@ -237,4 +259,10 @@ def sanity(r: dict[str, Any]) -> list[str]:
         problems.append("idle: not every stream got its event")
     if r["generate"]["rpc"]["generated"] != r["generate"]["count"]:
         problems.append("generate: wrong count")
+    if "redemption" in r:
+        rd = r["redemption"]
+        refused = {k: v for name in ("redeem", "redeem_spread") for k, v in rd[name]["outcomes"].items() if k != "OK"}
+        if refused or rd["standing_redemptions"] != rd["counted_redemptions"]:
+            problems.append(f"redemption: refused {refused}, {rd['standing_redemptions']} standing redemptions "
+                            f"counted as {rd['counted_redemptions']}")  # fmt: skip
     return problems
