@@ -137,3 +137,10 @@ WITH current AS (
     WHERE d.brand_key = %(brand_key)s AND d.webhook_id = %(webhook_id)s AND d.number <= c.attempts_recorded - %(keep)s
 )
 SELECT state, attempts FROM current;
+
+-- name: webhook_lock_keepalives
+-- TCP keepalives on the server's side of the lock connection: if the process's machine or network
+-- goes away without closing it, PostgreSQL drops the session, and with it the locks, in about 11 s.
+SELECT set_config('tcp_keepalives_idle', '5', false),
+       set_config('tcp_keepalives_interval', '2', false),
+       set_config('tcp_keepalives_count', '3', false);
