@@ -20,7 +20,13 @@ from discount.v1 import discount_service_pb2 as pb
 from discount_dev.citus import CitusDatabases
 from discount_service import errors
 from discount_service.models import Role
-from discount_service.store import CITUS_DISTRIBUTED_TABLES, CITUS_REFERENCE_TABLES, QUERIES, Store
+from discount_service.store import (
+    CITUS_DISTRIBUTED_FUNCTIONS,
+    CITUS_DISTRIBUTED_TABLES,
+    CITUS_REFERENCE_TABLES,
+    QUERIES,
+    Store,
+)
 from tests.readme_support import code_blocks, readme_section
 from tests.support import (
     BIN,
@@ -81,13 +87,18 @@ def test_migrate_distributes_the_tables_by_brand_and_is_idempotent(citus_databas
         assert len(reference) == 1 and next(iter(reference)).startswith("n::")  # one reference group
         assert len(distributed) == 1 and next(iter(distributed)).startswith("h:brand_key:")  # colocated
         assert sorted(layout) == sorted((*CITUS_REFERENCE_TABLES, *CITUS_DISTRIBUTED_TABLES))
+        brand_keyed = sql(
+            url, "SELECT table_name::text FROM information_schema.columns WHERE column_name = 'brand_key'"
+        )
+        assert {t for (t,) in brand_keyed} - set(CITUS_REFERENCE_TABLES) == set(CITUS_DISTRIBUTED_TABLES)
         functions = sql(
             url,
-            "SELECT objid::regprocedure::text, distribution_argument_index, colocationid FROM pg_dist_object"
-            " WHERE distribution_argument_index IS NOT NULL",
+            "SELECT objid::regprocedure::text, p.proargnames[distribution_argument_index + 1], colocationid"
+            " FROM pg_dist_object JOIN pg_proc p ON p.oid = objid WHERE distribution_argument_index IS NOT NULL",
         )
-        colocation = next(iter(distributed)).rsplit(":", 1)[1]
-        assert functions == [("discount_claim_brand(integer,text[],text[],bigint)", 0, int(colocation))]
+        colocation = int(next(iter(distributed)).rsplit(":", 1)[1])
+        assert sorted(functions) == sorted((f, argument, colocation) for f, argument in CITUS_DISTRIBUTED_FUNCTIONS)
+        assert {argument for _, argument in CITUS_DISTRIBUTED_FUNCTIONS} == {"p_brand_key"}
         assert asyncio.run(Store(url).migrate()) == []
         assert sql(url, "SELECT count(*) FROM pg_dist_partition") == [(len(layout),)]
     finally:
@@ -327,7 +338,8 @@ def test_the_readme_cluster_command_runs_a_cluster_that_discount_migrate_distrib
             env = {**os.environ, "DISCOUNT_DATABASE_URL": url}
             migrated = subprocess.run([str(BIN / "discount"), "migrate"], env=env, capture_output=True, text=True)
             assert migrated.returncode == 0, migrated.stderr
-            assert sql(url, "SELECT count(*) FROM pg_dist_partition") == [(6,)]
+            tables = len(CITUS_REFERENCE_TABLES) + len(CITUS_DISTRIBUTED_TABLES)
+            assert sql(url, "SELECT count(*) FROM pg_dist_partition") == [(tables,)]
         finally:
             cluster.stdin.write("\n")
             cluster.stdin.close()

@@ -23,7 +23,9 @@ import grpc
 import psycopg
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc.error_details_pb2 import ErrorInfo
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
@@ -187,6 +189,11 @@ def metadata(target: Target, credential: str | tuple[str, str]) -> tuple[tuple[s
     return (("x-api-key", target.keys[credential]),)
 
 
+def error_info(error: grpc.RpcError) -> ErrorInfo:
+    details = rpc_status.from_call(error).details  # type: ignore[arg-type]
+    return next(ErrorInfo.FromString(d.value) for d in details if d.Is(ErrorInfo.DESCRIPTOR))
+
+
 def call(fn: object, request: object, md: tuple[tuple[str, str], ...]) -> tuple[grpc.StatusCode, object]:
     try:
         reply = fn(request, metadata=md, timeout=10)  # type: ignore[operator]
@@ -284,12 +291,14 @@ def test_watch_claims_with_hostile_fields(
     except grpc.RpcError as exc:
         code = exc.code()  # type: ignore[attr-defined]
         event(code.name)
-        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-            # The stream was accepted and is waiting for a claim after `after`: only a caller
-            # allowed to watch an existing brand gets that far.
+        if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.OUT_OF_RANGE):
+            # Waiting for a claim, or past the brand's head: only a caller allowed to watch a brand gets here.
             assert brand in (BRAND, OTHER_BRAND)
             assert credential == "admin" or credential == ("brand" if brand == BRAND else "other-brand")
-        else:
+        if code is grpc.StatusCode.OUT_OF_RANGE:
+            info = error_info(exc)
+            assert info.reason == "AFTER_SEQUENCE_BEYOND_HEAD" and int(info.metadata["head"]) < after
+        elif code is not grpc.StatusCode.DEADLINE_EXCEEDED:
             assert code in ALLOWED, f"{code} {exc.details()}"  # type: ignore[attr-defined]
     except StopIteration:
         pytest.fail("a watch stream ended on its own")
@@ -334,7 +343,8 @@ def test_random_bytes_as_the_request_body(checked: Target, method: str, body: by
         except grpc.RpcError as exc:
             code = exc.code()  # type: ignore[attr-defined]
             event(f"{method} {code.name}")
-            assert code in ALLOWED | {grpc.StatusCode.DEADLINE_EXCEEDED}, f"{code} {exc.details()}"  # type: ignore[attr-defined]
+            assert code in ALLOWED | {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.OUT_OF_RANGE}, exc.details()  # type: ignore[attr-defined]
+            assert code is not grpc.StatusCode.OUT_OF_RANGE or error_info(exc).reason == "AFTER_SEQUENCE_BEYOND_HEAD"
         except StopIteration:
             pytest.fail("a watch stream ended on its own")
         finally:
