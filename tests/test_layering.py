@@ -15,6 +15,7 @@ SERVICE = ROOT / "server" / "discount_service"
 # The modules of each layer of discount_service (package-relative names).
 TRANSPORT = {
     "servicer",
+    "call_handling",
     "admin_servicer",
     "encoding",
     "app",

@@ -1,6 +1,6 @@
 """gRPC transport of `discount.v1.AdminService`: protobuf <-> the calls of admin_service.py.
 
-Calls are handled like DiscountService's (servicer.CallHandling): the credential, the deadline,
+Calls are handled like DiscountService's (call_handling.CallHandling): the credential, the deadline,
 the one mapping of errors to statuses with their details, one log line and metric per call, and
 lenient parsers, so an unparsable body is INVALID_ARGUMENT. The secret of a new key is in the
 CreateApiKey response only: it is never logged (the call's log line holds no field values).
@@ -18,8 +18,8 @@ from discount.v1 import admin_service_pb2 as pb
 
 from .admin_service import AdminService
 from .auth import Authenticator
+from .call_handling import CallHandling, CallObserver, Context, lenient_parser
 from .models import ApiKeyInfo, Brand, Principal, Role
-from .servicer import CallHandling, CallObserver, Context, _lenient_parser
 
 ADMIN_SERVICE_NAME = "discount.v1.AdminService"
 
@@ -108,7 +108,7 @@ class AdminServicer(CallHandling):
 
 
 def add_admin_to_server(servicer: AdminServicer, server: grpc.aio.Server) -> None:
-    """Registers AdminService with lenient request parsers (see servicer.MalformedRequest)."""
+    """Registers AdminService with lenient request parsers (see call_handling.MalformedRequest)."""
     methods: dict[str, tuple[Any, type[Any], type[Any]]] = {
         "CreateBrand": (servicer.CreateBrand, pb.CreateBrandRequest, pb.CreateBrandResponse),
         "ListBrands": (servicer.ListBrands, pb.ListBrandsRequest, pb.ListBrandsResponse),
@@ -119,7 +119,7 @@ def add_admin_to_server(servicer: AdminServicer, server: grpc.aio.Server) -> Non
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
             handler,
-            request_deserializer=_lenient_parser(request_type),
+            request_deserializer=lenient_parser(request_type),
             response_serializer=response_type.SerializeToString,
         )
         for name, (handler, request_type, response_type) in methods.items()

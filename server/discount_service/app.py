@@ -21,6 +21,7 @@ from discount.v1 import webhook_service_pb2 as webhook_pb
 from .admin_service import AdminService
 from .admin_servicer import ADMIN_SERVICE_NAME, AdminServicer, add_admin_to_server
 from .auth import Authenticator
+from .call_handling import CallHandling, CallObserver
 from .expiry_sweep import ExpirySweep
 from .feed import ClaimFeed
 from .jetstream import check_stream_at_start
@@ -30,7 +31,7 @@ from .operating_state import OperatingState
 from .relay import ClaimRelay
 from .revocation import KeyRevocations
 from .service import CodeService
-from .servicer import SERVICE_NAME, CallHandling, CallObserver, DiscountServicer, add_to_server
+from .servicer import SERVICE_NAME, DiscountServicer, add_to_server
 from .settings import Settings
 from .store import Store
 from .webhook_delivery import WebhookDeliverer

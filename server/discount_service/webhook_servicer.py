@@ -17,8 +17,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from discount.v1 import webhook_service_pb2 as pb
 
 from .auth import Authenticator
+from .call_handling import CallHandling, CallObserver, Context
+from .call_handling import lenient_parser as _lenient_parser
 from .models import Principal
-from .servicer import CallHandling, CallObserver, Context, _lenient_parser
 from .store import AttemptRow, WebhookRow
 from .webhooks import WebhookService
 

@@ -1,5 +1,5 @@
 """The error contract end to end without a network: a domain error becomes one gRPC status with
-ErrorInfo (and BadRequest for a field) in the server (servicer.status_for / Failure), and the
+ErrorInfo (and BadRequest for a field) in the server (call_handling.status_for / Failure), and the
 client turns exactly those trailers back into the exception a caller catches
 (discount_client.errors.from_rpc_error). Statuses that gRPC makes on its own are mapped by code."""
 
@@ -14,7 +14,7 @@ from grpc_status import rpc_status
 
 from discount_client import errors as client_errors
 from discount_service import errors
-from discount_service.servicer import Failure, status_for
+from discount_service.call_handling import Failure, status_for
 
 Code = grpc.StatusCode
 
