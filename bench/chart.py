@@ -12,15 +12,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def _phases(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    phases: list[tuple[str, dict[str, Any]]] = [("echo baseline", results["echo"])]
-    for c in results["workers_compare"]:
+    """The closed-loop load phases the run has, each with its per-second series and latency sample."""
+    phases: list[tuple[str, dict[str, Any]]] = []
+    if "echo" in results:
+        phases.append(("echo baseline", results["echo"]))
+    for c in results.get("workers_compare", []):
         phases.append((f"ClaimCode, workers={c['workers']}", c))
-    phases.append(("fresh brand", results["decay"]["fresh"]))
-    phases.append((f"after {results['decay']['piled_up_claims']:,} claims", results["decay"]["after"]))
-    phases.append(("no watchers", results["watch"]["without_watchers"]))
-    watch = results["watch"]
-    phases.append((f"{watch['few_watchers_events']['watchers']} watchers", watch["with_few_watchers"]))
-    phases.append((f"{watch['with_watchers_events']['watchers']} watchers", watch["with_watchers"]))
+    if "decay" in results:
+        phases.append(("fresh brand", results["decay"]["fresh"]))
+        phases.append((f"after {results['decay']['piled_up_claims']:,} claims", results["decay"]["after"]))
+    if "watch" in results:
+        watch = results["watch"]
+        phases.append(("no watchers", watch["without_watchers"]))
+        phases.append((f"{watch['few_watchers_events']['watchers']} watchers", watch["with_few_watchers"]))
+        phases.append((f"{watch['with_watchers_events']['watchers']} watchers", watch["with_watchers"]))
+    if "webhooks" in results:
+        phases.append(("one webhook", results["webhooks"]["with_webhook"]))
+    if "relay" in results:
+        phases.append(("NATS relay on", results["relay"]["with_relay"]))
     return phases
 
 
@@ -28,14 +37,18 @@ def chart(results: dict[str, Any], path: Path) -> None:
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(20, 6))
     for label, phase in _phases(results):
         ax1.plot(range(len(phase["per_second"])), phase["per_second"], label=label, marker=".")
-    pgb = results["pgbench"]["tps"]
-    ax1.axhline(pgb, color="grey", linestyle="--", label=f"pgbench discount_claim_many of 1 {pgb:.0f} tps")
-    pgb16 = results["pgbench_batch"]["claims_per_second"]
-    ax1.axhline(pgb16, color="black", linestyle="--", label=f"pgbench discount_claim_many of 16 {pgb16:.0f} claims/s")
+    if "pgbench" in results:
+        pgb = results["pgbench"]["tps"]
+        ax1.axhline(pgb, color="grey", linestyle="--", label=f"pgbench discount_claim_many of 1 {pgb:.0f} tps")
+        pgb16 = results["pgbench_batch"]["claims_per_second"]
+        ax1.axhline(
+            pgb16, color="black", linestyle="--", label=f"pgbench discount_claim_many of 16 {pgb16:.0f} claims/s"
+        )
     ax1.set_title("calls/s over time (1 s buckets; warm-up included)")
     ax1.set_xlabel("second")
     ax1.set_ylabel("completed calls per second")
-    ax1.legend(fontsize=8)
+    if ax1.get_legend_handles_labels()[0]:
+        ax1.legend(fontsize=8)
     ax1.grid(alpha=0.3)
 
     for label, phase in _phases(results):
@@ -48,17 +61,22 @@ def chart(results: dict[str, Any], path: Path) -> None:
     ax2.set_title("per-call latency, cumulative distribution")
     ax2.set_xlabel("ms (log)")
     ax2.set_ylabel("fraction of calls")
-    ax2.legend(fontsize=8)
+    if ax2.get_legend_handles_labels()[0]:
+        ax2.legend(fontsize=8)
     ax2.grid(alpha=0.3)
 
-    watch = results["watch"]
+    watch = results.get("watch")
     for label, events in (
-        (f"{watch['with_watchers_events']['watchers']} watchers, closed loop", watch["with_watchers_events"]),
-        *(
-            (f"{paced['events']['watchers']} watchers, {paced['rate']:.0f} claims/s", paced["events"])
-            for paced in watch["paced"].values()
-        ),
-        (f"{watch['few_watchers_events']['watchers']} watchers, closed loop", watch["few_watchers_events"]),
+        ()
+        if watch is None
+        else (
+            (f"{watch['with_watchers_events']['watchers']} watchers, closed loop", watch["with_watchers_events"]),
+            *(
+                (f"{paced['events']['watchers']} watchers, {paced['rate']:.0f} claims/s", paced["events"])
+                for paced in watch["paced"].values()
+            ),
+            (f"{watch['few_watchers_events']['watchers']} watchers, closed loop", watch["few_watchers_events"]),
+        )
     ):
         sample = sorted(events["latency_sample_ms"])
         if sample:
@@ -69,7 +87,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
     ax3.set_title("claim -> WatchClaims event latency (claimed_at to receipt)")
     ax3.set_xlabel("ms (log)")
     ax3.set_ylabel("fraction of events")
-    ax3.legend(fontsize=8)
+    if ax3.get_legend_handles_labels()[0]:
+        ax3.legend(fontsize=8)
     ax3.grid(alpha=0.3)
 
     machine = results["machine"]

@@ -322,7 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         result = run(bench, expired=args.expired, live=args.live, calls=args.calls, rounds=args.rounds)
     finally:
         bench.close()
-    out = ROOT / "bench" / "results" / f"expired-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    # bench/raw is ignored by git: bench/results holds the committed full runs of `python -m bench`.
+    out = ROOT / "bench" / "raw" / f"expired-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=str))
     print("\n".join(rows(result)))
     for when in ("plans_with_live_codes", "plans_after_no_codes_left"):

@@ -12,7 +12,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from bench.phases import Bench, Profile, summarize_watch, watched_phase
+from bench.phases import Bench, Profile, summarize_watch
+from bench.watch_phases import watched_phase
 
 
 def main(argv: list[str] | None = None) -> int:

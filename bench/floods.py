@@ -208,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     finally:
         bench.close()
-    out = ROOT / "bench" / "results" / f"floods-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    # bench/raw is ignored by git: bench/results holds the committed full runs of `python -m bench`.
+    out = ROOT / "bench" / "raw" / f"floods-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=str))
     print("\n".join(rows(result)))
     for flood in result["flood_calls"]:

@@ -28,7 +28,7 @@ from bench.targets import verdict
 from discount_dev.postgres import PG_BIN
 
 # Bulky raw material, left out of the summary: samples, time series, tool output, query plans.
-_RAW_ONLY = {"per_second", "latency_sample_ms", "script", "output", "connections", "table"}
+_RAW_ONLY = {"per_second", "latency_sample_ms", "script", "output", "connections", "table", "text"}
 
 
 def machine() -> dict[str, Any]:
@@ -61,7 +61,9 @@ def machine() -> dict[str, Any]:
 
 
 def name_of(results: dict[str, Any]) -> str:
-    return f"bench-{results['profile']['name']}-{results['started_utc']}"
+    """`bench-<profile>-<start>`, with the phases' names for a run of some of them."""
+    only = "".join(f"-{name}" for name in results.get("only", []))
+    return f"bench-{results['profile']['name']}{only}-{results['started_utc']}"
 
 
 def strip_private(value: Any) -> Any:
@@ -115,6 +117,10 @@ def markdown(results: dict[str, Any]) -> str:
         f"claims piled up for the decay phase, {p['generate']:,} codes generated, {p['watchers']} watchers, "
         f"{p['idle_streams']:,} idle streams, paced rates {', '.join(f'{r:g}' for r in p['paced_rates'])} claims/s, "
         f"worker processes compared: {', '.join(map(str, p['workers']))}.",
+        "",
+        "Phases (seconds each): "
+        + (", ".join(f"{k} {v:.0f}" for k, v in results.get("phase_seconds", {}).items()) or "all of them")
+        + ".",
         "",
         "## Targets",
         "",
