@@ -279,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bench.close()
     command = "python -m bench.redemption " + " ".join(argv if argv is not None else sys.argv[1:])
-    out = ROOT / "bench" / "results" / f"redemption-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    # bench/raw is ignored by git: bench/results holds the committed full runs of `python -m bench`.
+    out = ROOT / "bench" / "raw" / f"redemption-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print("\n".join(rows(result, command.strip())))
     log(f"wrote {out}")

@@ -231,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         result = run(bench)
     finally:
         bench.close()
-    out = ROOT / "bench" / "results" / f"webhooks-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    # bench/raw is ignored by git: bench/results holds the committed full runs of `python -m bench`.
+    out = ROOT / "bench" / "raw" / f"webhooks-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"profile": dataclasses.asdict(profile), **result}, indent=1, default=str))
     print("\n".join(rows(result)))
     log(f"wrote {out}")
