@@ -168,7 +168,8 @@ async def create_server(
     await store.open(wait=True)
     feed = ClaimFeed(store, poll_seconds=settings.feed_poll_seconds)
     key_revocations = KeyRevocations(store.active_key_ids, check_seconds=settings.key_cache_seconds)
-    service = CodeService(store, feed, key_revocations)
+    expiry_sweep = ExpirySweep(store)
+    service = CodeService(store, feed, key_revocations, on_batch_expiring=expiry_sweep.batch_expires)
     metrics = None
     if settings.metrics_listen:
         metrics = Metrics(OperatingState(store), feed)
@@ -271,7 +272,16 @@ async def create_server(
     if metrics is not None:
         metrics.relay = relay
     discount_server = ServerApp(
-        server, store, feed, service, health_servicer, settings, metrics, deliverer, relay=relay
+        server,
+        store,
+        feed,
+        service,
+        health_servicer,
+        settings,
+        metrics,
+        deliverer,
+        relay=relay,
+        expiry_sweep=expiry_sweep,
     )
     return discount_server, port
 

@@ -16,15 +16,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import UTC, datetime
 
 from . import errors
-from .store import Store
+from .store import BrandToSweep, Store
 
 log = logging.getLogger(__name__)
 
-# How often a round looks for newly expired batches: a brand's expired codes stay in the claim
-# path at most this long plus the time their sweep takes (about 20 µs a code).
+# The next round after one that found brands to sweep (another process may still hold one of them).
 SWEEP_INTERVAL_SECONDS = 1.0
+# Otherwise a round is due when the soonest batch expires, which the database tells, and a server
+# asks again at least this often: it also learns of batches other servers generated (its own wake
+# it at once). An idle server therefore adds one transaction per minute, not one per second (the
+# idle budget of 1,000 watched brands is 2 transactions/s in all). A batch another server made is
+# swept at most this late; meanwhile its expired codes are still never handed out.
+MAX_IDLE_SECONDS = 60.0
 # Codes marked per transaction: a few hundred milliseconds, so a claim of the brand waits at most
 # that long for the feed-head row the transaction updates last.
 SWEEP_BATCH = 10_000
@@ -39,11 +45,14 @@ class ExpirySweep:
         store: Store,
         *,
         interval_seconds: float = SWEEP_INTERVAL_SECONDS,
+        max_idle_seconds: float = MAX_IDLE_SECONDS,
         batch: int = SWEEP_BATCH,
         vacuum_after: int = VACUUM_AFTER_SWEPT,
     ) -> None:
         self._store = store
         self._interval = interval_seconds
+        self._max_idle = max_idle_seconds
+        self._wake = asyncio.Event()
         self._batch = batch
         self._vacuum_after = vacuum_after
         self._swept_since_vacuum = 0
@@ -60,22 +69,48 @@ class ExpirySweep:
                 await self._task
             self._task = None
 
+    def batch_expires(self, expires_at: datetime) -> None:
+        """A batch this server generated expires at `expires_at`: the sleeping sweep works out its
+        next round again, so the batch is swept when it expires, not up to MAX_IDLE_SECONDS later."""
+        self._wake.set()
+
     async def _run(self) -> None:
         while True:
+            delay = self._interval
             try:
-                await self.sweep_once()
+                if not await self._sweep_round():
+                    delay = self._until(await self._store.next_expiry())
             except errors.Unavailable as exc:
                 # The store logs outages once; the next round tries again.
                 log.debug("expiry sweep skipped a round: %s", exc)
             except Exception:  # noqa: BLE001 - the sweep must outlive one bad round; the next one retries
                 log.exception("expiry sweep round failed")
-            await asyncio.sleep(self._interval)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+
+    def _until(self, next_expiry: datetime | None) -> float:
+        if next_expiry is None:
+            return self._max_idle
+        seconds = (next_expiry - datetime.now(UTC)).total_seconds()
+        # A little after the expiry, so the batch counts as expired in the database's clock too.
+        return min(max(seconds + 0.05, 0.05), self._max_idle)
+
+    async def _sweep_round(self) -> bool:
+        """One round; whether any brand was due (then the next round follows soon)."""
+        brands = await self._store.brands_to_sweep()
+        if brands:
+            await self._sweep(brands)
+        return bool(brands)
 
     async def sweep_once(self) -> int:
         """One round: every brand with a batch expired and not swept yet, swept to the end unless
         another process holds its sweep lock; returns how many codes this round marked."""
+        return await self._sweep(await self._store.brands_to_sweep())
+
+    async def _sweep(self, brands: list[BrandToSweep]) -> int:
         total = 0
-        for brand in await self._store.brands_to_sweep():
+        for brand in brands:
             swept, finished = await self._sweep_brand(brand.brand_key)
             total += swept
             if finished:

@@ -29,8 +29,17 @@ MAX_GENERATE = 1_000_000
 class CodeService:
     """The codes of discount.v1.DiscountService: generating, claiming, watching, counting and redeeming them."""
 
-    def __init__(self, store: Store, feed: ClaimFeed, key_revocations: KeyRevocations) -> None:
+    def __init__(
+        self,
+        store: Store,
+        feed: ClaimFeed,
+        key_revocations: KeyRevocations,
+        *,
+        on_batch_expiring: Callable[[datetime], None] | None = None,
+    ) -> None:
         self._store = store
+        # Told when a new batch will expire (the expiry sweep then wakes for it).
+        self._on_batch_expiring = on_batch_expiring
         self._feed = feed
         self._key_revocations = key_revocations
         # Concurrent claims of one brand share a transaction (group commit, see claim_batcher.py).
@@ -96,6 +105,8 @@ class CodeService:
             _check_repeat(brand_id, request_id, batch, asked)
         else:
             log.info("generated batch=%s brand=%s count=%d", batch.batch_id, brand_id, batch.generated)
+            if expires_at is not None and self._on_batch_expiring is not None:
+                self._on_batch_expiring(expires_at)
         return await self._generated(brand_id, batch.batch_id, batch.generated)
 
     async def _generated(self, brand_id: str, batch_id: str, generated: int) -> GenerateResult:

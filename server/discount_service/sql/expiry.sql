@@ -13,6 +13,11 @@ SELECT DISTINCT b.brand_key, now() AS swept_until
 FROM code_batches b
 WHERE NOT b.expired_swept AND b.expires_at <= now();
 
+-- name: expiry_next_due
+-- When the soonest batch that has not expired yet expires (index code_batches_to_sweep), or NULL:
+-- the sweep sleeps until then instead of asking every second, so an idle server adds no transactions.
+SELECT min(b.expires_at) FROM code_batches b WHERE NOT b.expired_swept AND b.expires_at > now();
+
 -- name: expiry_sweep_codes
 -- Marks up to %(limit)s of a brand's expired, unclaimed codes `expired` and adds them to the feed
 -- head's `expired_codes`, in one transaction, soonest-expired first (index codes_expiring). Only

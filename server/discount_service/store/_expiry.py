@@ -35,6 +35,11 @@ class Expiry(StoreBase):
         rows = await self._fetch("expiry_brands_to_sweep", {}, retry=True)
         return [BrandToSweep(brand_key=int(r[0]), swept_until=r[1]) for r in rows]
 
+    async def next_expiry(self) -> datetime | None:
+        """When the soonest batch not expired yet expires; None if none will."""
+        rows = await self._fetch("expiry_next_due", {}, retry=True)
+        return rows[0][0] if rows else None
+
     async def sweep_expired_codes(self, brand_key: int, limit: int) -> SweepRound:
         """Marks up to `limit` of the brand's expired, unclaimed codes and counts them on its feed
         head, in one transaction; idempotent (a code is marked and counted once), so retried."""
