@@ -71,6 +71,7 @@ async def test_every_readme_grpcurl_command_works_against_a_real_server(server: 
     assert services == [
         "discount.v1.AdminService",
         "discount.v1.DiscountService",
+        "discount.v1.WebhookService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     ]
