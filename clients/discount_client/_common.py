@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import grpc
 from discount.v1 import discount_service_pb2 as pb
 from discount.v1 import discount_service_pb2_grpc as pb_grpc
 
-from .errors import InvalidArgument
+from .errors import DiscountError, InvalidArgument
 
 SERVICE_NAME = "discount.v1.DiscountService"
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -39,20 +40,46 @@ WATCH_RECONNECT_CODES = frozenset(
     }
 )
 
+# Refusals after which the server tells the caller how long to wait (google.rpc.RetryInfo); the
+# same request is then safe to send again, as every DiscountService call is idempotent.
+RETRY_INFO_REASONS = frozenset({"DATABASE_UNAVAILABLE", "RATE_LIMITED", "OVERLOADED"})
+
+
+def seconds_now() -> float:
+    """A monotonic clock, for the time a call has left across its attempts."""
+    return time.monotonic()
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """gRPC's own retry policy for UNAVAILABLE, applied through the channel's service config.
+    """gRPC's own retry policy for UNAVAILABLE, applied through the channel's service config, and
+    the client's for the refusals that say when to ask again (RETRY_INFO_REASONS).
 
     gRPC waits a random time between 0 and the current backoff before each new attempt; the
     backoff starts at `initial_backoff` and is multiplied by `multiplier` up to `max_backoff`.
     gRPC caps `max_attempts` at 5. The call's deadline covers all attempts.
+
+    When the failure that ends those attempts carries a `google.rpc.RetryInfo` delay (the database
+    is unreachable, the caller or the server is over a limit), the client calls again after that
+    delay plus the same random backoff, up to `max_attempts` times in all, while the deadline
+    leaves room for the wait.
     """
 
     max_attempts: int = 5
     initial_backoff: float = 0.2
     max_backoff: float = 5.0
     multiplier: float = 2.0
+
+    def delay_before_retry(self, error: DiscountError, retries_so_far: int) -> float | None:
+        """Seconds to wait before calling again after `error`, or None when it is not worth it: the
+        server did not say when to ask again, or the attempts are used up. At least the server's
+        delay; the random part spreads the callers it refused at the same moment."""
+        if error.retry_after is None or error.reason not in RETRY_INFO_REASONS:
+            return None
+        if retries_so_far + 1 >= self.max_attempts:
+            return None
+        ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier**retries_so_far)
+        return error.retry_after + random.uniform(0, ceiling)
 
     def service_config(self) -> dict[str, Any]:
         return {

@@ -43,8 +43,11 @@ class DiscountClient:
     - Every call sends `api_key` as `x-api-key`; every unary call has a deadline
       (`deadline` seconds unless the call passes `timeout`).
     - UNAVAILABLE is retried by gRPC itself with exponential backoff (`retry`, a service-config
-      retry policy; `retry=None` turns it off). Every call is idempotent: GenerateCodes without a
-      `request_id` gets a fresh one here, so a retried attempt cannot create a second batch.
+      retry policy; `retry=None` turns it off). A refusal that says when to ask again (the
+      database unreachable, RATE_LIMITED, OVERLOADED) is sent again after that delay, within the
+      deadline; the exception raised at the end has it in `retry_after`. Every call is
+      idempotent: GenerateCodes without a `request_id` gets a fresh one here, so a retried attempt
+      cannot create a second batch.
     - Failures raise the exceptions of `discount_client.errors`, carrying the server's message.
     - `credentials` (e.g. `grpc.ssl_channel_credentials()`) switches to TLS.
     """
@@ -65,6 +68,7 @@ class DiscountClient:
         self.deadline = deadline
         self._metadata = (("x-api-key", api_key),)
         self._closed = False
+        self._retry = retry
         channel_options = _common.channel_options(retry, options)
         if credentials is None:
             self._channel = grpc.insecure_channel(address, options=channel_options)
@@ -90,15 +94,28 @@ class DiscountClient:
         self.close()
 
     def _call(self, method: str, request: Any, timeout: float | None, stub: Any = None) -> Any:
-        try:
-            response = getattr(stub or self._stub, method)(
-                request, metadata=self._metadata, timeout=self.deadline if timeout is None else timeout
-            )
-        except grpc.RpcError as exc:
-            unreached = "" if self._readiness.connected() else self.address
-            raise from_rpc_error(exc, method, unreached_address=unreached) from exc
-        self._readiness.mark_connected()
-        return response
+        """One unary call. A DiscountService call (no `stub`) that the server refuses saying when
+        to ask again is sent again after that delay (see RetryPolicy), within the same deadline."""
+        ends_at = _common.seconds_now() + (self.deadline if timeout is None else timeout)
+        retries = 0
+        while True:
+            try:
+                response = getattr(stub or self._stub, method)(
+                    request, metadata=self._metadata, timeout=max(0.0, ends_at - _common.seconds_now())
+                )
+            except grpc.RpcError as exc:
+                unreached = "" if self._readiness.connected() else self.address
+                error = from_rpc_error(exc, method, unreached_address=unreached)
+                delay = None
+                if stub is None and self._retry is not None:
+                    delay = self._retry.delay_before_retry(error, retries)
+                if delay is None or _common.seconds_now() + delay >= ends_at:
+                    raise error from exc
+                retries += 1
+                time.sleep(delay)
+                continue
+            self._readiness.mark_connected()
+            return response
 
     def generate_codes(
         self,

@@ -10,7 +10,9 @@ Every exception carries the server's message (``str(exc)`` and ``exc.message``),
 code name (``exc.code``, e.g. ``"NOT_FOUND"``), the method that failed (``exc.method``), the
 service's reason (``exc.reason``, e.g. ``"BRAND_NOT_FOUND"``; empty when the status did not come
 from the service), the offending request field (``exc.field``, e.g. ``"email"``; empty if none)
-and the ErrorInfo metadata (``exc.metadata``).
+and the ErrorInfo metadata (``exc.metadata``). When the service says how long to wait before asking
+again (a ``google.rpc.RetryInfo``: the database is unreachable, the caller or the server is over a
+limit), ``exc.retry_after`` is that delay in seconds; otherwise None.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import re
 
 import grpc
 from google.protobuf.message import DecodeError
-from google.rpc.error_details_pb2 import BadRequest, ErrorInfo
+from google.rpc.error_details_pb2 import BadRequest, ErrorInfo, RetryInfo
 from google.rpc.status_pb2 import Status
 from grpc_status import rpc_status
 
@@ -40,6 +42,7 @@ class DiscountError(Exception):
         reason: str = "",
         field: str = "",
         metadata: dict[str, str] | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -48,6 +51,7 @@ class DiscountError(Exception):
         self.reason = reason
         self.field = field
         self.metadata: dict[str, str] = dict(metadata or {})
+        self.retry_after = retry_after
 
     def __repr__(self) -> str:
         extra = "".join(
@@ -126,8 +130,20 @@ class PermissionDenied(DiscountError):
 
 class Unavailable(DiscountError):
     """UNAVAILABLE: the server (or its database) could not be reached, even after the automatic retries.
+    With reason DATABASE_UNAVAILABLE, ``retry_after`` is the server's advice on when to ask again.
 
     Every call of this API is idempotent, so the caller may retry later."""
+
+
+class RateLimited(DiscountError):
+    """RESOURCE_EXHAUSTED with reason RATE_LIMITED: too many failed authentications from the caller's
+    host; ``retry_after`` seconds from now it may try again. A valid key is not refused this way."""
+
+
+class Overloaded(DiscountError):
+    """RESOURCE_EXHAUSTED with reason OVERLOADED: the server was at its limit of calls in flight or
+    open streams and refused the call before doing anything; ask again after ``retry_after`` seconds
+    (or another replica)."""
 
 
 class DeadlineExceeded(DiscountError):
@@ -151,6 +167,8 @@ _BY_REASON: dict[str, type[DiscountError]] = {
     "UNAUTHENTICATED": Unauthenticated,
     "PERMISSION_DENIED": PermissionDenied,
     "DATABASE_UNAVAILABLE": Unavailable,
+    "RATE_LIMITED": RateLimited,
+    "OVERLOADED": Overloaded,
     "DEADLINE_EXCEEDED": DeadlineExceeded,
 }
 
@@ -201,13 +219,16 @@ def from_rpc_error(error: grpc.RpcError, method: str, *, unreached_address: str 
     name = code.name if code is not None else "UNKNOWN"
     message = details or f"{method} failed with {name}"
     reason, field, metadata = "", "", {}
+    retry_after: float | None = None
     status = _details(error)
     for detail in status.details if status is not None else ():
-        info, request = ErrorInfo(), BadRequest()
+        info, request, retry = ErrorInfo(), BadRequest(), RetryInfo()
         if detail.Unpack(info) and info.domain == ERROR_DOMAIN:  # Unpack is False for another type
             reason, metadata = info.reason, dict(info.metadata)
         elif detail.Unpack(request):
             field = next((v.field for v in request.field_violations if v.field), field)
+        elif detail.Unpack(retry):
+            retry_after = retry.retry_delay.ToNanoseconds() / 1e9
     cls: type[DiscountError]
     if reason in _BY_REASON:
         cls = _BY_REASON[reason]
@@ -217,4 +238,6 @@ def from_rpc_error(error: grpc.RpcError, method: str, *, unreached_address: str 
         cls = _BY_STATUS.get(code, DiscountError) if code is not None else DiscountError
     if code is grpc.StatusCode.DEADLINE_EXCEEDED and not reason and unreached_address:
         message += f": the server at {unreached_address} could not be reached (the client has not connected to it)"
-    return cls(message, code=name, method=method, reason=reason, field=field, metadata=metadata)
+    return cls(
+        message, code=name, method=method, reason=reason, field=field, metadata=metadata, retry_after=retry_after
+    )
