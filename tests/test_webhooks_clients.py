@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -46,7 +47,13 @@ async def test_the_async_client(hooked: ServerHandle, receiver: Receiver) -> Non
         (got,) = await receiver.wait_for("/aio", 1)
         got.verify(created.secret)
         assert [w.webhook_id for w in await client.list_webhooks("wh-aio")] == [hook.webhook_id]
-        page = await client.list_webhook_deliveries(hook.webhook_id)
+
+        # The attempt is recorded once the endpoint's answer is in, just after the receiver saw it.
+        async def recorded() -> Any:
+            page = await client.list_webhook_deliveries(hook.webhook_id)
+            return page if page.deliveries else None
+
+        page = await wait_until(recorded, what="the attempt recorded")
         assert [d.delivery_id for d in page.deliveries] == [got.headers["webhook-id"]]
         assert page.deliveries[0].http_status == 200 and page.next_page_token == ""
         replayed = await client.replay_webhook(hook.webhook_id, 0)

@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from typing import Any
 
 import pytest
 
@@ -85,7 +86,13 @@ async def test_retry_after_dates_and_redirects(database_url: str, receiver: Rece
             got = receiver.at("/ra")
             assert receiver.at("/elsewhere") == [], "redirects are not followed"
             assert got[2].at - got[1].at >= 1.9, "Retry-After (an HTTP date) is a minimum wait"
-            attempts = list(reversed((await owner.deliveries(created.webhook.webhook_id)).deliveries))
+
+            # Each attempt is recorded once its answer is in, just after the receiver saw the request.
+            async def three_recorded() -> Any:
+                page = await owner.deliveries(created.webhook.webhook_id)
+                return list(reversed(page.deliveries)) if len(page.deliveries) >= 3 else None
+
+            attempts = await wait_until(three_recorded, what="three attempts recorded")
             assert [(a.http_status, a.error) for a in attempts[:2]] == [(302, "HTTP 302"), (503, "HTTP 503")]
             assert attempts[2].http_status == 200
         finally:
