@@ -184,7 +184,9 @@ def write_results(results: dict[str, Any], results_dir: Path, raw_dir: Path) -> 
 
     raw_dir.mkdir(parents=True, exist_ok=True)
     name = name_of(results)
-    raw_path = raw_dir / f"{name}.json"
+    # In one folder (a run of some phases writes both to bench/raw) the summary must not overwrite the raw JSON.
+    same = raw_dir.resolve() == results_dir.resolve()
+    raw_path = raw_dir / (f"{name}.raw.json" if same else f"{name}.json")
     raw_path.write_text(json.dumps(strip_private(results), indent=1, default=str))
     written = [raw_path, *write_summary(results, results_dir)]
     png_path = results_dir / f"{name}.png"
