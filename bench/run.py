@@ -132,11 +132,9 @@ PHASES: dict[str, Callable[[phases.Bench, dict[str, Any], Run], None]] = {
 }
 
 
-# Left out of --smoke unless named with --only: each would add far more than the ~15 s a smoke phase
-# may take (smoke proves the harness works; these phases' code paths are the full run's).
+# Left out of --smoke unless named with --only: it would add more than the ~15 s a smoke phase may
+# take (smoke proves the harness works; the phase's code paths are the full run's).
 SMOKE_SKIPS = {
-    "expired": "about 65 s: the codes go in behind the server's back, so its sweep finds them on its "
-    "next idle round, up to 60 s later",
     "relay": "about 22 s (a 1 s outage needs 6.4 s of paced load, plus two servers and NATS at 127.0.0.1:4222)",
 }
 
