@@ -12,16 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import struct
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-import psycopg
 
 from discount.v1 import discount_service_pb2 as pb
+from tests.db_proxy import DatabaseProxy, proxied
 from tests.support import in_process_server, sql
 
 BRANDS = 1000
@@ -29,79 +27,7 @@ CLAIMS = 3000
 IDLE_WINDOW_SECONDS = 10.0
 
 
-class TransactionCountingProxy:
-    """Forwards TCP connections to PostgreSQL and counts the transactions their clients end."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self._target = (host, port)  # a host starting with "/" is the directory of a Unix socket, as in libpq
-        self.transactions = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> int:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        host, port = self._target
-        if host.startswith("/"):  # the embedded PostgreSQL listens on a Unix socket only
-            server_reader, server_writer = await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
-        else:
-            server_reader, server_writer = await asyncio.open_connection(host, port)
-        for task in (
-            asyncio.ensure_future(self._pipe(client_reader, server_writer)),
-            asyncio.ensure_future(self._replies(server_reader, client_writer)),
-        ):
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    async def _replies(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """The backend's messages: a type byte and a length; the first ReadyForQuery follows the login."""
-        logged_in = False
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            while True:
-                header = await reader.readexactly(5)
-                kind, length = header[:1], struct.unpack("!I", header[1:])[0]
-                body = await reader.readexactly(length - 4)
-                writer.write(header + body)
-                await writer.drain()
-                if kind == b"Z" and body == b"I":
-                    if logged_in:
-                        self.transactions += 1
-                    logged_in = True
-        writer.close()
-
-
-@contextlib.asynccontextmanager
-async def counted(url: str) -> AsyncIterator[tuple[TransactionCountingProxy, str]]:
-    """A proxy to the database of `url`, and the URL that goes through it (no TLS, so the proxy
-    can read the replies)."""
-    info = psycopg.conninfo.conninfo_to_dict(url)
-    proxy = TransactionCountingProxy(str(info.get("host") or "127.0.0.1"), int(info.get("port") or 5432))
-    port = await proxy.start()
-    info.update(host="127.0.0.1", port=str(port), sslmode="disable", gssencmode="disable")
-    try:
-        yield proxy, psycopg.conninfo.make_conninfo(**info)  # type: ignore[arg-type]
-    finally:
-        await proxy.close()
-
-
-async def idle_rate(proxy: TransactionCountingProxy) -> float:
+async def idle_rate(proxy: DatabaseProxy) -> float:
     """Transactions per second the server ends while nothing happens, over IDLE_WINDOW_SECONDS."""
     before, started = proxy.transactions, time.monotonic()
     await asyncio.sleep(IDLE_WINDOW_SECONDS)
@@ -138,7 +64,7 @@ async def test_a_thousand_watched_brands_each_get_their_claims_and_idle_polling_
 ) -> None:
     brands = create_brands(database_url, BRANDS, 20)
     rng = random.Random(7)
-    async with counted(database_url) as (proxy, proxied_url), in_process_server(proxied_url) as (_, server):
+    async with proxied(database_url) as (proxy, proxied_url), in_process_server(proxied_url) as (_, server):
         channels = [grpc.aio.insecure_channel(server.address) for _ in range(20)]
         received: dict[str, list[pb.Claim]] = defaultdict(list)
         streams: list[grpc.aio.UnaryStreamCall[Any, Any]] = []
