@@ -14,7 +14,7 @@ import sys
 import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +24,7 @@ from discount_client import Claim, DiscountClient
 from .. import codes
 from ..settings import Settings
 from .common import CommandError
+from .remote import iso, service_client
 
 DEFAULT_CHUNK = 100_000
 # One command creates at most this many codes: it bounds how long one run takes and what a mistyped
@@ -34,25 +35,8 @@ MAX_REQUEST_ID = 128
 CHUNK_TIMEOUT_SECONDS = 120.0
 
 
-@contextmanager
-def _client() -> Iterator[DiscountClient]:
-    address = os.environ.get("DISCOUNT_ADDRESS") or discount_client.DEFAULT_ADDRESS
-    api_key = os.environ.get("DISCOUNT_API_KEY", "")
-    if not api_key:
-        raise CommandError("DISCOUNT_API_KEY is not set; create a key with `discount key create --role ...`")
-    client = DiscountClient(address, api_key)
-    try:
-        yield client
-    except discount_client.Unavailable as exc:
-        raise CommandError(f"cannot reach the discount service at {address} (DISCOUNT_ADDRESS): {exc}") from None
-    except discount_client.DiscountError as exc:
-        raise CommandError(f"{exc.method} failed: {exc.code}: {exc}") from None
-    finally:
-        client.close()
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value is not None else None
+def _client() -> AbstractContextManager[DiscountClient]:
+    return service_client("; create a key with `discount key create --role ...`")
 
 
 def _claim_json(claim: Claim) -> dict[str, Any]:
@@ -62,8 +46,8 @@ def _claim_json(claim: Claim) -> dict[str, Any]:
         "code": claim.code,
         "user_id": claim.user_id,
         "email": claim.email,
-        "claimed_at": _iso(claim.claimed_at),
-        "expires_at": _iso(claim.expires_at),
+        "claimed_at": iso(claim.claimed_at),
+        "expires_at": iso(claim.expires_at),
     }
 
 
@@ -198,7 +182,7 @@ def cmd_claim(args: argparse.Namespace, settings: Settings) -> None:
         _print(json.dumps({**_claim_json(claim), "newly_claimed": result.newly_claimed}))
         return
     how = "claimed" if result.newly_claimed else "already held"
-    expires = f", expires {_iso(claim.expires_at)}" if claim.expires_at else ""
+    expires = f", expires {iso(claim.expires_at)}" if claim.expires_at else ""
     _print(f"{claim.code}  ({how} by {claim.user_id} <{claim.email}>, sequence {claim.sequence}{expires})")
 
 
@@ -267,7 +251,7 @@ def cmd_watch(args: argparse.Namespace, settings: Settings) -> None:
         render = lambda claim: json.dumps(_claim_json(claim))  # noqa: E731
     else:
         render = lambda claim: "\t".join(  # noqa: E731
-            [str(claim.sequence), _iso(claim.claimed_at) or "", claim.code, claim.user_id, claim.email]
+            [str(claim.sequence), iso(claim.claimed_at) or "", claim.code, claim.user_id, claim.email]
         )
     address = os.environ.get("DISCOUNT_ADDRESS") or discount_client.DEFAULT_ADDRESS
     with _client() as client:

@@ -5,43 +5,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from contextlib import AbstractContextManager
 from typing import Any
 
-import discount_client
 from discount_client import DiscountClient, Webhook, WebhookDelivery
 
 from ..settings import Settings
-from .common import CommandError
+from .remote import iso, service_client
 
 
-@contextmanager
-def _client() -> Iterator[DiscountClient]:
-    """A client of DISCOUNT_ADDRESS with DISCOUNT_API_KEY; a failed call becomes one line for the user."""
-    address = os.environ.get("DISCOUNT_ADDRESS") or discount_client.DEFAULT_ADDRESS
-    api_key = os.environ.get("DISCOUNT_API_KEY", "")
-    if not api_key:
-        raise CommandError("DISCOUNT_API_KEY is not set: use the brand's key or an admin key")
-    client = DiscountClient(address, api_key)
-    try:
-        yield client
-    except discount_client.Unavailable as exc:
-        raise CommandError(f"cannot reach the discount service at {address} (DISCOUNT_ADDRESS): {exc}") from None
-    except discount_client.DiscountError as exc:
-        raise CommandError(f"{exc.method} failed: {exc.code}: {exc}") from None
-    finally:
-        client.close()
+def _client() -> AbstractContextManager[DiscountClient]:
+    return service_client(": use the brand's key or an admin key")
 
 
 def _print(line: str) -> None:
     print(line, flush=True)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value is not None else None
 
 
 def _webhook_json(hook: Webhook) -> dict[str, Any]:
@@ -52,9 +30,9 @@ def _webhook_json(hook: Webhook) -> dict[str, Any]:
         "state": hook.state.value,
         "delivered_sequence": hook.delivered_sequence,
         "max_claims_per_delivery": hook.max_claims_per_delivery,
-        "created_at": _iso(hook.created_at),
+        "created_at": iso(hook.created_at),
         "last_error": hook.last_error,
-        "next_attempt_at": _iso(hook.next_attempt_at),
+        "next_attempt_at": iso(hook.next_attempt_at),
     }
 
 
@@ -62,7 +40,7 @@ def _webhook_line(hook: Webhook) -> str:
     line = f"{hook.webhook_id}  {hook.state.value:<8}  delivered {hook.delivered_sequence:<8}  {hook.url}"
     if hook.last_error:
         line += f"\n    last error: {hook.last_error}" + (
-            f" (next attempt {_iso(hook.next_attempt_at)})" if hook.next_attempt_at else ""
+            f" (next attempt {iso(hook.next_attempt_at)})" if hook.next_attempt_at else ""
         )
     return line
 
@@ -70,7 +48,7 @@ def _webhook_line(hook: Webhook) -> str:
 def _delivery_line(d: WebhookDelivery) -> str:
     status = str(d.http_status) if d.http_status else "-"
     line = (
-        f"{_iso(d.attempted_at)}  {d.delivery_id}  claims {d.first_sequence}..{d.last_sequence}  "
+        f"{iso(d.attempted_at)}  {d.delivery_id}  claims {d.first_sequence}..{d.last_sequence}  "
         f"attempt {d.attempt}  HTTP {status}  {d.duration.total_seconds() * 1000:.0f} ms"
     )
     return line + (f"  {d.error}" if d.error else "")
@@ -133,7 +111,7 @@ def cmd_deliveries(args: argparse.Namespace, settings: Settings) -> None:
                                 "first_sequence": d.first_sequence,
                                 "last_sequence": d.last_sequence,
                                 "attempt": d.attempt,
-                                "attempted_at": _iso(d.attempted_at),
+                                "attempted_at": iso(d.attempted_at),
                                 "http_status": d.http_status,
                                 "error": d.error,
                                 "duration_seconds": d.duration.total_seconds(),
