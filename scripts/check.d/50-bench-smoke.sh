@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark harness, in its few-seconds-a-phase smoke version (about 2.5 minutes): proves
+# The benchmark harness, in its few-seconds-a-phase smoke version (2.5-3 minutes): proves
 # `python -m bench` works end to end (private PostgreSQL 15, real servers, load generator, watchers,
 # webhooks, redemptions, expired codes, a bad-key flood, baselines, the table, JSON + PNG). It checks
 # that the harness runs and the service stays correct under load, not the targets. The relay phase
