@@ -97,9 +97,7 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily("discount_db_pool_size", "Database connections open in the pool", value=pool.size)
         yield GaugeMetricFamily("discount_db_pool_in_use", "Database connections lent to calls", value=pool.in_use)
         yield GaugeMetricFamily("discount_db_pool_idle", "Database connections idle in the pool", value=pool.idle)
-        yield GaugeMetricFamily(
-            "discount_db_pool_max", "Most database connections the pool opens", value=pool.max_size
-        )
+        yield GaugeMetricFamily("discount_db_pool_max", "Most database connections the pool opens", value=pool.max_size)
         yield GaugeMetricFamily(
             "discount_db_pool_requests_waiting",
             "Calls waiting for a database connection",
