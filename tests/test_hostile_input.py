@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 
 from discount.v1 import discount_service_pb2 as pb
 from discount.v1 import discount_service_pb2_grpc as pb_grpc
+from tests.hostile_support import assert_serving_without_traceback, keys_of_every_role, start_hostile_target
 from tests.support import (
     Databases,
     ServerHandle,
@@ -100,19 +101,8 @@ def target(databases: Databases, tmp_path_factory: pytest.TempPathFactory) -> It
         "SELECT * FROM discount_claim_many(ARRAY[%s], ARRAY['seed'], ARRAY['seed@example.com'], ARRAY[0::bigint])",
         (OTHER_BRAND,),
     )
-    keys = {
-        "admin": create_key(url, "admin"),
-        "service": create_key(url, "service"),
-        "brand": create_key(url, "brand", BRAND),
-        "other-brand": create_key(url, "brand", OTHER_BRAND),
-    }
-    log = tmp_path_factory.mktemp("hostile") / "server.log"
-    handle = start_server_process(
-        url,
-        log_path=log,
-        admin_key=keys["admin"],
-        extra_env={"DISCOUNT_POOL_MIN_SIZE": "1", "DISCOUNT_POOL_MAX_SIZE": "4", "DISCOUNT_LOG_LEVEL": "WARNING"},
-    )
+    keys = keys_of_every_role(url, BRAND, OTHER_BRAND)
+    handle = start_hostile_target(url, tmp_path_factory.mktemp("hostile") / "server.log", keys)
     channel = grpc.insecure_channel(handle.address)
     try:
         yield Target(handle, channel, pb_grpc.DiscountServiceStub(channel), keys)
@@ -126,10 +116,7 @@ def target(databases: Databases, tmp_path_factory: pytest.TempPathFactory) -> It
 def checked(target: Target) -> Iterator[Target]:
     """After the test: still SERVING, no traceback logged, stats exactly as the OK calls left them."""
     yield target
-    health = health_pb2_grpc.HealthStub(target.channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-    assert health.status == health_pb2.HealthCheckResponse.SERVING
-    log = target.handle.log_text()
-    assert "Traceback" not in log and "internal error" not in log.lower(), log[-3000:]
+    assert_serving_without_traceback(target.channel, target.handle)
     stats = target.stub.GetBrandStats(
         pb.GetBrandStatsRequest(brand_id=BRAND), metadata=(("x-api-key", target.keys["admin"]),), timeout=5
     )

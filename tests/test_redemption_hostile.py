@@ -14,24 +14,14 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 from google.rpc.error_details_pb2 import ErrorInfo
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from hypothesis import event, given
 from hypothesis import strategies as st
 
 from discount.v1 import discount_service_pb2 as pb
 from discount.v1 import discount_service_pb2_grpc as pb_grpc
-from tests.support import (
-    Databases,
-    ServerHandle,
-    claim_request,
-    create_brand,
-    create_key,
-    generate_codes_sql,
-    sql,
-    start_server_process,
-    stop_process,
-)
+from tests.hostile_support import assert_serving_without_traceback, keys_of_every_role, start_hostile_target
+from tests.support import Databases, ServerHandle, claim_request, create_brand, generate_codes_sql, sql, stop_process
 from tests.test_hostile_input import EXAMPLES, bodies, mostly, nasty_text, printable_ascii
 
 BRAND = "rx"
@@ -69,15 +59,8 @@ def target(databases: Databases, tmp_path_factory: pytest.TempPathFactory) -> It
     create_brand(url, BRAND)
     create_brand(url, "rx-other")
     generate_codes_sql(url, BRAND, USERS + 5)
-    keys = {
-        "admin": create_key(url, "admin"),
-        "service": create_key(url, "service"),
-        "brand": create_key(url, "brand", BRAND),
-        "other-brand": create_key(url, "brand", "rx-other"),
-    }
-    log = tmp_path_factory.mktemp("redemption-hostile") / "server.log"
-    extra = {"DISCOUNT_POOL_MIN_SIZE": "1", "DISCOUNT_POOL_MAX_SIZE": "4", "DISCOUNT_LOG_LEVEL": "WARNING"}
-    handle = start_server_process(url, log_path=log, admin_key=keys["admin"], extra_env=extra)
+    keys = keys_of_every_role(url, BRAND, "rx-other")
+    handle = start_hostile_target(url, tmp_path_factory.mktemp("redemption-hostile") / "server.log", keys)
     channel = grpc.insecure_channel(handle.address)
     stub = pb_grpc.DiscountServiceStub(channel)
     md = (("x-api-key", keys["service"]),)
@@ -94,10 +77,7 @@ def target(databases: Databases, tmp_path_factory: pytest.TempPathFactory) -> It
 def checked(target: Target) -> Iterator[Target]:
     """After the test: still SERVING, no traceback logged, the standing redemptions as the OK calls left them."""
     yield target
-    health = health_pb2_grpc.HealthStub(target.channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-    assert health.status == health_pb2.HealthCheckResponse.SERVING
-    log = target.handle.log_text()
-    assert "Traceback" not in log and "internal error" not in log.lower(), log[-3000:]
+    assert_serving_without_traceback(target.channel, target.handle)
     rows = sql(target.handle.database_url, "SELECT code, order_id FROM redemptions WHERE cancelled_at IS NULL")
     assert dict(rows) == target.standing
 

@@ -1,0 +1,34 @@
+"""What the hostile-input tests share: one real `discount serve` with a key of every role, kept
+small and quiet so the attack, not the pool or the log, is what is measured, and the check that
+it came through the attack unhurt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.support import ServerHandle, create_key, start_server_process
+
+QUIET_SMALL_SERVER = {"DISCOUNT_POOL_MIN_SIZE": "1", "DISCOUNT_POOL_MAX_SIZE": "4", "DISCOUNT_LOG_LEVEL": "WARNING"}
+
+
+def keys_of_every_role(url: str, brand: str, other_brand: str) -> dict[str, str]:
+    return {
+        "admin": create_key(url, "admin"),
+        "service": create_key(url, "service"),
+        "brand": create_key(url, "brand", brand),
+        "other-brand": create_key(url, "brand", other_brand),
+    }
+
+
+def start_hostile_target(url: str, log: Path, keys: dict[str, str]) -> ServerHandle:
+    return start_server_process(url, log_path=log, admin_key=keys["admin"], extra_env=QUIET_SMALL_SERVER)
+
+
+def assert_serving_without_traceback(channel: grpc.Channel, handle: ServerHandle) -> None:
+    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    log = handle.log_text()
+    assert "Traceback" not in log and "internal error" not in log.lower(), log[-3000:]
