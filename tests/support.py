@@ -14,6 +14,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
+from google.rpc.error_details_pb2 import ErrorInfo, RetryInfo
+from google.rpc.status_pb2 import Status
+
 from discount.v1 import discount_service_pb2 as pb
 from discount_dev.databases import Databases as Databases
 from discount_dev.databases import server_url as server_url
@@ -61,3 +65,20 @@ async def in_process_server(database_url: str, **overrides: Any) -> AsyncIterato
 
 def claim_request(brand: str, user: str, email: str | None = None) -> pb.ClaimCodeRequest:
     return pb.ClaimCodeRequest(brand_id=brand, user_id=user, email=email or f"{user}@example.com")
+
+
+def refusal(error: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str, float | None]:
+    """The status code, the ErrorInfo reason and the RetryInfo delay (None without one), as any
+    gRPC client reads them."""
+    raw = [value for key, value in error.trailing_metadata() or () if key == "grpc-status-details-bin"]
+    reason, delay = "", None
+    for detail in Status.FromString(raw[0]).details if raw else []:
+        if detail.Is(ErrorInfo.DESCRIPTOR):
+            info = ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason
+        elif detail.Is(RetryInfo.DESCRIPTOR):
+            retry = RetryInfo()
+            detail.Unpack(retry)
+            delay = retry.retry_delay.ToNanoseconds() / 1e9
+    return error.code(), reason, delay

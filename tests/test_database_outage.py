@@ -17,12 +17,10 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
-from google.rpc.error_details_pb2 import ErrorInfo, RetryInfo
-from google.rpc.status_pb2 import Status
 
 from discount.v1 import discount_service_pb2_grpc as pb_grpc
 from tests.db_proxy import proxied
-from tests.support import claim_request, create_brand, generate_codes_sql, in_process_server, sql
+from tests.support import claim_request, create_brand, generate_codes_sql, in_process_server, refusal, sql
 
 DB_TIMEOUT_SECONDS = 2.0
 CLAIMS_PER_SECOND = 100
@@ -42,22 +40,6 @@ class Outcome:
     retry_delay: float | None = None
 
 
-def _details(error: grpc.aio.AioRpcError) -> tuple[str, float | None]:
-    """The ErrorInfo reason and the RetryInfo delay (None without one), as any gRPC client reads them."""
-    raw = [value for key, value in error.trailing_metadata() or () if key == "grpc-status-details-bin"]
-    reason, delay = "", None
-    for detail in Status.FromString(raw[0]).details if raw else []:
-        if detail.Is(ErrorInfo.DESCRIPTOR):
-            info = ErrorInfo()
-            detail.Unpack(info)
-            reason = info.reason
-        elif detail.Is(RetryInfo.DESCRIPTOR):
-            retry = RetryInfo()
-            detail.Unpack(retry)
-            delay = retry.retry_delay.ToNanoseconds() / 1e9
-    return reason, delay
-
-
 async def _claim(
     stub: pb_grpc.DiscountServiceStub, metadata: tuple[tuple[str, str], ...], user_id: str, deadline: float
 ) -> Outcome:
@@ -65,7 +47,7 @@ async def _claim(
     try:
         reply = await stub.ClaimCode(claim_request("outage", user_id), metadata=metadata, timeout=deadline)
     except grpc.aio.AioRpcError as exc:
-        reason, delay = _details(exc)
+        _, reason, delay = refusal(exc)
         return Outcome(user_id, deadline, started, time.monotonic() - started, "", exc.code(), reason, delay)
     return Outcome(user_id, deadline, started, time.monotonic() - started, reply.claim.code)
 

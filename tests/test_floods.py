@@ -19,31 +19,20 @@ import time
 import grpc
 import psycopg
 import pytest
-from google.rpc.error_details_pb2 import ErrorInfo, RetryInfo
-from google.rpc.status_pb2 import Status
 
 from discount.v1 import discount_service_pb2 as pb
 from discount_service.auth import FAILED_AUTH_BURST
 from tests.browser.support import JWT_SECRET, token
 from tests.db_proxy import proxied
-from tests.support import ServerHandle, claim_request, create_brand, create_key, generate_codes_sql, in_process_server
-
-
-def _refusal(error: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str, float | None]:
-    """The status code, the ErrorInfo reason and the RetryInfo delay (None without one)."""
-    raw = [value for key, value in error.trailing_metadata() or () if key == "grpc-status-details-bin"]
-    reason, delay = "", None
-    for detail in Status.FromString(raw[0]).details if raw else []:
-        if detail.Is(ErrorInfo.DESCRIPTOR):
-            info = ErrorInfo()
-            detail.Unpack(info)
-            reason = info.reason
-        elif detail.Is(RetryInfo.DESCRIPTOR):
-            retry = RetryInfo()
-            detail.Unpack(retry)
-            delay = retry.retry_delay.ToNanoseconds() / 1e9
-    return error.code(), reason, delay
-
+from tests.support import (
+    ServerHandle,
+    claim_request,
+    create_brand,
+    create_key,
+    generate_codes_sql,
+    in_process_server,
+    refusal,
+)
 
 FLOOD = 2000
 
@@ -97,7 +86,7 @@ async def test_a_flood_of_bad_keys_is_rate_limited_but_valid_keys_from_the_same_
                     pb.GetBrandStatsRequest(brand_id="acme"), metadata=(("x-api-key", _bad_key()),)
                 )
             except grpc.aio.AioRpcError as exc:
-                return _refusal(exc)
+                return refusal(exc)
             raise AssertionError("a bad key was accepted")
 
         async def good(i: int) -> str:
@@ -166,7 +155,7 @@ async def test_a_throttled_host_still_signs_in_shoppers_and_new_valid_keys(datab
                         pb.GetBrandStatsRequest(brand_id="acme"), metadata=(("x-api-key", _bad_key()),)
                     )
                 except grpc.aio.AioRpcError as exc:
-                    return _refusal(exc)[1]
+                    return refusal(exc)[1]
                 raise AssertionError("a bad key was accepted")
 
             assert "RATE_LIMITED" in await asyncio.gather(*(bad() for _ in range(50)))
@@ -174,7 +163,7 @@ async def test_a_throttled_host_still_signs_in_shoppers_and_new_valid_keys(datab
             reply = await stub.ClaimCode(claim_request("acme", "shopper", "shopper@example.com"), metadata=shopper)
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stub.ClaimCode(claim_request("acme", "someone"), metadata=(("x-api-key", new_key),))
-            code, reason, delay = _refusal(refused.value)
+            code, reason, delay = refusal(refused.value)
             assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
             assert delay is not None
             await asyncio.sleep(delay)
@@ -228,7 +217,7 @@ async def test_calls_and_streams_past_the_limits_are_refused_at_once_and_counted
         samples = list(discount_server.metrics.samples())
 
     for refused, seconds in ((refused_stream.value, stream_seconds), (refused_call.value, call_seconds)):
-        code, reason, delay = _refusal(refused)
+        code, reason, delay = refusal(refused)
         assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "OVERLOADED")
         assert delay is not None and 0 < delay <= 1.0
         assert seconds < 0.5, f"refused after {seconds:.2f}s"
