@@ -4,12 +4,14 @@ it came through the attack unhurt."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support import ServerHandle, create_key, start_server_process
+from tests.support import Databases, ServerHandle, create_key, start_server_process, stop_process
 
 QUIET_SMALL_SERVER = {"DISCOUNT_POOL_MIN_SIZE": "1", "DISCOUNT_POOL_MAX_SIZE": "4", "DISCOUNT_LOG_LEVEL": "WARNING"}
 
@@ -23,8 +25,20 @@ def keys_of_every_role(url: str, brand: str, other_brand: str) -> dict[str, str]
     }
 
 
-def start_hostile_target(url: str, log: Path, keys: dict[str, str]) -> ServerHandle:
-    return start_server_process(url, log_path=log, admin_key=keys["admin"], extra_env=QUIET_SMALL_SERVER)
+@contextlib.contextmanager
+def hostile_target(
+    databases: Databases, url: str, log: Path, keys: dict[str, str]
+) -> Iterator[tuple[ServerHandle, grpc.Channel]]:
+    """The server over `url` and a channel to it; afterwards the server must stop with exit 0, and
+    the database is dropped."""
+    handle = start_server_process(url, log_path=log, admin_key=keys["admin"], extra_env=QUIET_SMALL_SERVER)
+    channel = grpc.insecure_channel(handle.address)
+    try:
+        yield handle, channel
+    finally:
+        channel.close()
+        assert stop_process(handle) == 0
+        databases.drop(url)
 
 
 def assert_serving_without_traceback(channel: grpc.Channel, handle: ServerHandle) -> None:

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from discount.v1 import discount_service_pb2 as pb
 from discount.v1 import discount_service_pb2_grpc as pb_grpc
-from tests.hostile_support import assert_serving_without_traceback, keys_of_every_role, start_hostile_target
+from tests.hostile_support import assert_serving_without_traceback, hostile_target, keys_of_every_role
 from tests.support import (
     Databases,
     ServerHandle,
@@ -102,14 +102,8 @@ def target(databases: Databases, tmp_path_factory: pytest.TempPathFactory) -> It
         (OTHER_BRAND,),
     )
     keys = keys_of_every_role(url, BRAND, OTHER_BRAND)
-    handle = start_hostile_target(url, tmp_path_factory.mktemp("hostile") / "server.log", keys)
-    channel = grpc.insecure_channel(handle.address)
-    try:
+    with hostile_target(databases, url, tmp_path_factory.mktemp("hostile") / "server.log", keys) as (handle, channel):
         yield Target(handle, channel, pb_grpc.DiscountServiceStub(channel), keys)
-    finally:
-        channel.close()
-        assert stop_process(handle) == 0
-        databases.drop(url)
 
 
 @pytest.fixture

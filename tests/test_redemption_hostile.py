@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 from discount.v1 import discount_service_pb2 as pb
 from discount.v1 import discount_service_pb2_grpc as pb_grpc
-from tests.hostile_support import assert_serving_without_traceback, keys_of_every_role, start_hostile_target
-from tests.support import Databases, ServerHandle, claim_request, create_brand, generate_codes_sql, sql, stop_process
+from tests.hostile_support import assert_serving_without_traceback, hostile_target, keys_of_every_role
+from tests.support import Databases, ServerHandle, claim_request, create_brand, generate_codes_sql, sql
 from tests.test_hostile_input import EXAMPLES, bodies, mostly, nasty_text, printable_ascii
 
 BRAND = "rx"
@@ -60,17 +60,12 @@ def target(databases: Databases, tmp_path_factory: pytest.TempPathFactory) -> It
     create_brand(url, "rx-other")
     generate_codes_sql(url, BRAND, USERS + 5)
     keys = keys_of_every_role(url, BRAND, "rx-other")
-    handle = start_hostile_target(url, tmp_path_factory.mktemp("redemption-hostile") / "server.log", keys)
-    channel = grpc.insecure_channel(handle.address)
-    stub = pb_grpc.DiscountServiceStub(channel)
-    md = (("x-api-key", keys["service"]),)
-    codes = [stub.ClaimCode(claim_request(BRAND, f"user-{i}"), metadata=md).claim.code for i in range(USERS)]
-    try:
+    log = tmp_path_factory.mktemp("redemption-hostile") / "server.log"
+    with hostile_target(databases, url, log, keys) as (handle, channel):
+        stub = pb_grpc.DiscountServiceStub(channel)
+        md = (("x-api-key", keys["service"]),)
+        codes = [stub.ClaimCode(claim_request(BRAND, f"user-{i}"), metadata=md).claim.code for i in range(USERS)]
         yield Target(handle, channel, stub, keys, codes)
-    finally:
-        channel.close()
-        assert stop_process(handle) == 0
-        databases.drop(url)
 
 
 @pytest.fixture
