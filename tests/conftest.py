@@ -7,6 +7,7 @@ import pytest
 
 from discount_dev.citus import CitusCluster, CitusDatabases
 from tests.support import Databases, ServerHandle, in_process_server, server_url
+from tests.webhook_support import FAST, Receiver
 
 # The database engines a test marked `both_engines` runs on, each as its own test
 # (`test_x[postgres]`, `test_x[citus]`): one suite, the same assertions on both.
@@ -72,6 +73,21 @@ async def server(database_url: str) -> AsyncIterator[ServerHandle]:
     """A real server on a real port, in this test's event loop, over a fresh database."""
     async with in_process_server(database_url) as (_, handle):
         yield handle
+
+
+@pytest.fixture
+async def hooked(database_url: str) -> AsyncIterator[ServerHandle]:
+    """A server that may send webhooks to 127.0.0.1 over http (the development switch) and retries fast."""
+    async with in_process_server(database_url, **FAST) as (_, handle):
+        yield handle
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A webhook receiver on 127.0.0.1 that records every request it gets."""
+    receiver = await Receiver().start()
+    yield receiver
+    await receiver.stop()
 
 
 @pytest.fixture

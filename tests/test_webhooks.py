@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -15,20 +14,6 @@ from tests.support import ServerHandle, create_brand, create_key, generate_codes
 from tests.webhook_support import FAST, Api, Receiver, wait_until
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    receiver = await Receiver().start()
-    yield receiver
-    await receiver.stop()
-
-
-@pytest.fixture
-async def hooked(database_url: str) -> AsyncIterator[ServerHandle]:
-    """A server that may send to 127.0.0.1 over http (the development switch) and retries fast."""
-    async with in_process_server(database_url, **FAST) as (_, handle):
-        yield handle
 
 
 def brand(url: str, brand_id: str, codes: int = 500) -> tuple[str, str]:

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import subprocess
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -15,23 +14,10 @@ import pytest
 import discount_client
 from discount_client import AsyncDiscountClient, DiscountClient, WebhookState
 from tests.readme_support import code_blocks, readme_section
-from tests.support import BIN, ServerHandle, create_brand, create_key, generate_codes_sql, in_process_server
-from tests.webhook_support import FAST, Api, Receiver, wait_until
+from tests.support import BIN, ServerHandle, create_brand, create_key, generate_codes_sql
+from tests.webhook_support import Api, Receiver, wait_until
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    receiver = await Receiver().start()
-    yield receiver
-    await receiver.stop()
-
-
-@pytest.fixture
-async def hooked(database_url: str) -> AsyncIterator[ServerHandle]:
-    async with in_process_server(database_url, **FAST) as (_, handle):
-        yield handle
 
 
 async def test_the_async_client(hooked: ServerHandle, receiver: Receiver) -> None:

@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import re
 import urllib.request
-from collections.abc import AsyncIterator
 
 import pytest
 
 from discount.v1 import webhook_service_pb2 as wpb
+from tests.db_proxy import proxied
 from tests.support import create_brand, create_key, generate_codes_sql, in_process_server
-from tests.test_feed_many_brands import counted, create_brands, idle_rate
+from tests.test_feed_many_brands import create_brands, idle_rate
 from tests.webhook_support import FAST, Api, Receiver, wait_until
 
 pytestmark = pytest.mark.timeout(240)
@@ -21,19 +21,12 @@ pytestmark = pytest.mark.timeout(240)
 WEBHOOKS = 1000
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    receiver = await Receiver().start()
-    yield receiver
-    await receiver.stop()
-
-
 async def test_a_thousand_idle_webhooks_add_at_most_2_transactions_per_second(
     database_url: str, receiver: Receiver
 ) -> None:
     brands = create_brands(database_url, WEBHOOKS, 2)
     async with (
-        counted(database_url) as (proxy, proxied_url),
+        proxied(database_url) as (proxy, proxied_url),
         in_process_server(proxied_url, **FAST) as (server, handle),
     ):
         admin, shop = Api(handle.address, handle.admin_key), Api(handle.address, create_key(database_url, "service"))

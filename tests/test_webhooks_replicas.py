@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,13 +24,6 @@ from tests.support import (
 from tests.webhook_support import FAST, FAST_ENV, Api, Received, Receiver, wait_until
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    receiver = await Receiver().start()
-    yield receiver
-    await receiver.stop()
 
 
 def check_deliveries(got: list[Received], last: int) -> list[list[Received]]:
