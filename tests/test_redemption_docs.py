@@ -34,11 +34,16 @@ def test_the_readme_section_links_the_page_and_the_auth_table_lists_the_calls() 
     assert "`RedemptionCancelled`" in readme
 
 
-async def test_the_grpcurl_and_python_examples_work_as_written(server: ServerHandle) -> None:
-    url = server.database_url
+def acme_with_codes(url: str) -> str:
+    """Brand "acme" with 5 codes, as the README's examples expect; returns a service key."""
     create_brand(url, "acme")
     generate_codes_sql(url, "acme", 5)
-    service_key = create_key(url, "service")
+    return create_key(url, "service")
+
+
+async def test_the_grpcurl_and_python_examples_work_as_written(server: ServerHandle) -> None:
+    url = server.database_url
+    service_key = acme_with_codes(url)
     channel, stub = server.aio_stub()
     async with channel:
         claimed = await stub.ClaimCode(claim_request("acme", "user-42"), metadata=server.metadata(service_key))
@@ -76,9 +81,7 @@ async def test_the_grpcurl_and_python_examples_work_as_written(server: ServerHan
 
 async def test_discount_stats_shows_the_standing_redemptions(server: ServerHandle) -> None:
     url = server.database_url
-    create_brand(url, "acme")
-    generate_codes_sql(url, "acme", 5)
-    service_key = create_key(url, "service")
+    service_key = acme_with_codes(url)
     channel, stub = server.aio_stub()
     async with channel:
         for user in ("a", "b"):

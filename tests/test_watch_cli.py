@@ -111,24 +111,15 @@ def test_watch_says_the_server_closed_the_stream_and_cannot_be_reached_until_it_
         # The server stops (SIGTERM, as systemd or Ctrl-C would): it ends the stream on its way out,
         # and then nothing listens on the port for a while.
         assert stop_process(server) == 0
-        closed = err.until(r"closed")
-        assert re.fullmatch(
-            r"discount: watch: the server closed the stream \(it may be restarting\); "
-            r"reconnecting in \d+\.\ds, resuming after sequence 2…",
-            closed,
-        ), closed
-        unreachable = err.until(r"cannot reach")
-        assert re.fullmatch(
-            rf"discount: watch: cannot reach the server at {re.escape(address)}; "
-            r"reconnecting in \d+\.\ds, resuming after sequence 2…",
-            unreachable,
-        ), unreachable
-        again = err.until(r"still")
-        assert re.fullmatch(
-            rf"discount: watch: still cannot reach the server at {re.escape(address)}; "
-            r"reconnecting in \d+\.\ds, resuming after sequence 2…",
-            again,
-        ), again
+        for marker, what in (
+            (r"closed", r"the server closed the stream \(it may be restarting\)"),
+            (r"cannot reach", rf"cannot reach the server at {re.escape(address)}"),
+            (r"still", rf"still cannot reach the server at {re.escape(address)}"),
+        ):
+            line = err.until(marker)
+            assert re.fullmatch(
+                rf"discount: watch: {what}; reconnecting in \d+\.\ds, resuming after sequence 2…", line
+            ), line
 
         # Back on the same port: the watch picks up after sequence 2, with nothing missed.
         server = serve(database_url, port, tmp_path / "server-2.log", key)
