@@ -47,15 +47,7 @@ from tests.admin_support import (
     reason,
     violation_field,
 )
-from tests.support import (
-    BIN,
-    ServerHandle,
-    create_brand,
-    create_key,
-    generate_codes_sql,
-    in_process_server,
-    sql,
-)
+from tests.support import BIN, ServerHandle, create_brand, create_key, generate_codes_sql, in_process_server, sql
 
 # -- contract, health, reflection ------------------------------------------------------------
 

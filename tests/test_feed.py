@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -11,6 +12,7 @@ import psycopg
 import pytest
 
 from discount.v1 import discount_service_pb2 as pb
+from discount.v1 import discount_service_pb2_grpc as pb_grpc
 from tests.support import ServerHandle, claim_request, create_brand, generate_codes_sql, in_process_server, sql
 
 pytestmark = pytest.mark.both_engines  # PostgreSQL and Citus (tests/conftest.py)
@@ -149,29 +151,38 @@ async def test_out_of_order_commits_never_skip_an_event(server: ServerHandle) ->
     assert fast_reply.claim.sequence == 2
 
 
-async def test_two_replicas_share_one_truth(server: ServerHandle) -> None:
-    """A watcher on replica A sees claims made through replica B, and both hand out from one pool."""
-    create_brand(server.database_url, "acme")
-    generate_codes_sql(server.database_url, "acme", 100)
+@contextlib.asynccontextmanager
+async def two_replicas(
+    server: ServerHandle,
+) -> AsyncIterator[tuple[pb_grpc.DiscountServiceStub, pb_grpc.DiscountServiceStub]]:
+    """Stubs to `server` (replica A) and to a second server over the same database (replica B)."""
     async with in_process_server(server.database_url) as (_, replica_b):
         chan_a, stub_a = server.aio_stub()
         chan_b, stub_b = replica_b.aio_stub()
         async with chan_a, chan_b:
-            stream = stub_a.WatchClaims(pb.WatchClaimsRequest(brand_id="acme"), metadata=server.metadata())
-            watching = asyncio.create_task(_collect(stream, 40, timeout=30))
-            await stream.initial_metadata()
-            replies = await asyncio.gather(
-                *(
-                    (stub_a if i % 2 else stub_b).ClaimCode(claim_request("acme", f"u{i}"), metadata=server.metadata())
-                    for i in range(40)
-                )
+            yield stub_a, stub_b
+
+
+async def test_two_replicas_share_one_truth(server: ServerHandle) -> None:
+    """A watcher on replica A sees claims made through replica B, and both hand out from one pool."""
+    create_brand(server.database_url, "acme")
+    generate_codes_sql(server.database_url, "acme", 100)
+    async with two_replicas(server) as (stub_a, stub_b):
+        stream = stub_a.WatchClaims(pb.WatchClaimsRequest(brand_id="acme"), metadata=server.metadata())
+        watching = asyncio.create_task(_collect(stream, 40, timeout=30))
+        await stream.initial_metadata()
+        replies = await asyncio.gather(
+            *(
+                (stub_a if i % 2 else stub_b).ClaimCode(claim_request("acme", f"u{i}"), metadata=server.metadata())
+                for i in range(40)
             )
-            # The same user through the other replica gets the same code.
-            again = await stub_a.ClaimCode(claim_request("acme", "u0"), metadata=server.metadata())
-            seen = await watching
-            stream.cancel()
-            stats_a = await stub_a.GetBrandStats(pb.GetBrandStatsRequest(brand_id="acme"), metadata=server.metadata())
-            stats_b = await stub_b.GetBrandStats(pb.GetBrandStatsRequest(brand_id="acme"), metadata=server.metadata())
+        )
+        # The same user through the other replica gets the same code.
+        again = await stub_a.ClaimCode(claim_request("acme", "u0"), metadata=server.metadata())
+        seen = await watching
+        stream.cancel()
+        stats_a = await stub_a.GetBrandStats(pb.GetBrandStatsRequest(brand_id="acme"), metadata=server.metadata())
+        stats_b = await stub_b.GetBrandStats(pb.GetBrandStatsRequest(brand_id="acme"), metadata=server.metadata())
     assert again.claim.code == replies[0].claim.code and not again.newly_claimed
     assert [c.sequence for c in seen] == list(range(1, 41))
     assert {c.user_id: c.code for c in seen} == {r.claim.user_id: r.claim.code for r in replies}
@@ -186,38 +197,35 @@ async def test_claims_through_two_replicas_at_once_reach_every_watcher_once_in_o
     message, or runs) must still see every sequence once, in order, with what was acknowledged."""
     create_brand(server.database_url, "sale")
     generate_codes_sql(server.database_url, "sale", 700)
-    async with in_process_server(server.database_url) as (_, replica_b):
-        chan_a, stub_a = server.aio_stub()
-        chan_b, stub_b = replica_b.aio_stub()
-        async with chan_a, chan_b:
-            single = stub_a.WatchClaims(pb.WatchClaimsRequest(brand_id="sale"), metadata=server.metadata())
-            runs = stub_a.WatchClaims(
-                pb.WatchClaimsRequest(brand_id="sale", max_claims_per_response=50), metadata=server.metadata()
-            )
-            watching_single = asyncio.create_task(_collect(single, 600))
-            run_claims: list[pb.Claim] = []
+    async with two_replicas(server) as (stub_a, stub_b):
+        single = stub_a.WatchClaims(pb.WatchClaimsRequest(brand_id="sale"), metadata=server.metadata())
+        runs = stub_a.WatchClaims(
+            pb.WatchClaimsRequest(brand_id="sale", max_claims_per_response=50), metadata=server.metadata()
+        )
+        watching_single = asyncio.create_task(_collect(single, 600))
+        run_claims: list[pb.Claim] = []
 
-            async def read_runs() -> None:
-                async for response in runs:
-                    run_claims.extend(response.claims)
-                    if len(run_claims) >= 600:
-                        return
+        async def read_runs() -> None:
+            async for response in runs:
+                run_claims.extend(response.claims)
+                if len(run_claims) >= 600:
+                    return
 
-            watching_runs = asyncio.create_task(asyncio.wait_for(read_runs(), 60))
-            await asyncio.gather(single.initial_metadata(), runs.initial_metadata())
-            users = iter(range(600))
-            acknowledged: dict[str, str] = {}
+        watching_runs = asyncio.create_task(asyncio.wait_for(read_runs(), 60))
+        await asyncio.gather(single.initial_metadata(), runs.initial_metadata())
+        users = iter(range(600))
+        acknowledged: dict[str, str] = {}
 
-            async def shopper(stub: Any) -> None:
-                for i in users:
-                    reply = await stub.ClaimCode(claim_request("sale", f"s{i}"), metadata=server.metadata())
-                    acknowledged[reply.claim.user_id] = reply.claim.code
+        async def shopper(stub: Any) -> None:
+            for i in users:
+                reply = await stub.ClaimCode(claim_request("sale", f"s{i}"), metadata=server.metadata())
+                acknowledged[reply.claim.user_id] = reply.claim.code
 
-            await asyncio.gather(*(shopper(stub_a if k % 2 else stub_b) for k in range(24)))
-            seen_single = await watching_single
-            await watching_runs
-            single.cancel()
-            runs.cancel()
+        await asyncio.gather(*(shopper(stub_a if k % 2 else stub_b) for k in range(24)))
+        seen_single = await watching_single
+        await watching_runs
+        single.cancel()
+        runs.cancel()
     assert len(acknowledged) == 600
     for seen in (seen_single, run_claims):
         assert [c.sequence for c in seen] == list(range(1, 601))

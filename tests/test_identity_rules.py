@@ -17,15 +17,7 @@ import pytest
 
 from discount.v1 import discount_service_pb2 as pb
 from discount_service.tokens import mint_token
-from tests.support import (
-    BIN,
-    ServerHandle,
-    create_brand,
-    create_key,
-    generate_codes_sql,
-    in_process_server,
-    sql,
-)
+from tests.support import BIN, ServerHandle, create_brand, create_key, generate_codes_sql, in_process_server, sql
 from tests.test_client_cli import client_env, discount
 from tests.test_error_details import BAD_REQUEST, ERROR_INFO, grpcurl_error
 
