@@ -128,10 +128,9 @@ def test_nothing_below_the_transport_imports_it(module: str) -> None:
     assert _imports_any(module, transport) == []
 
 
-# Transport modules that may hold the store: the wiring that builds it and hands it to the domain, the
-# workers that run on it (webhook deliveries, the NATS relay), and the webhook servicer, which still
-# reads its rows itself.
-HOLDS_THE_STORE = {"app", "workers", "webhook_delivery", "relay", "webhook_servicer"}
+# Transport modules that may hold the store: the wiring that builds it and hands it to the domain, and the
+# workers that run on it (webhook deliveries, the NATS relay).
+HOLDS_THE_STORE = {"app", "workers", "webhook_delivery", "relay"}
 
 
 @pytest.mark.parametrize("module", [m for m in _in_layers(TRANSPORT) if m.split(".")[1] not in HOLDS_THE_STORE])

@@ -8,17 +8,16 @@ CreateApiKey response only: it is never logged (the call's log line holds no fie
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from discount.v1 import admin_service_pb2 as pb
 
 from .admin_service import AdminService
 from .auth import Authenticator
-from .call_handling import CallHandling, CallObserver, Context, lenient_parser
+from .call_handling import CallHandling, CallObserver, Context, lenient_unary_handlers
+from .encoding import timestamp_proto
 from .models import ApiKeyInfo, Brand, Principal, Role
 
 ADMIN_SERVICE_NAME = "discount.v1.AdminService"
@@ -27,14 +26,8 @@ _ROLE_FROM_PROTO = {pb.ROLE_ADMIN: Role.ADMIN, pb.ROLE_BRAND: Role.BRAND, pb.ROL
 _ROLE_TO_PROTO = {role: value for value, role in _ROLE_FROM_PROTO.items()}
 
 
-def _timestamp(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
 def brand_to_proto(brand: Brand) -> pb.Brand:
-    return pb.Brand(brand_id=brand.brand_id, display_name=brand.name, created_at=_timestamp(brand.created_at))
+    return pb.Brand(brand_id=brand.brand_id, display_name=brand.name, created_at=timestamp_proto(brand.created_at))
 
 
 def api_key_to_proto(key: ApiKeyInfo) -> pb.ApiKey:
@@ -42,10 +35,10 @@ def api_key_to_proto(key: ApiKeyInfo) -> pb.ApiKey:
         key_id=key.key_id,
         role=_ROLE_TO_PROTO[key.role],
         brand_id=key.brand_id or "",
-        created_at=_timestamp(key.created_at),
+        created_at=timestamp_proto(key.created_at),
     )
     if key.revoked_at is not None:
-        message.revoked_at.CopyFrom(_timestamp(key.revoked_at))
+        message.revoked_at.CopyFrom(timestamp_proto(key.revoked_at))
     return message
 
 
@@ -109,19 +102,13 @@ class AdminServicer(CallHandling):
 
 def add_admin_to_server(servicer: AdminServicer, server: grpc.aio.Server) -> None:
     """Registers AdminService with lenient request parsers (see call_handling.MalformedRequest)."""
-    methods: dict[str, tuple[Any, type[Any], type[Any]]] = {
-        "CreateBrand": (servicer.CreateBrand, pb.CreateBrandRequest, pb.CreateBrandResponse),
-        "ListBrands": (servicer.ListBrands, pb.ListBrandsRequest, pb.ListBrandsResponse),
-        "CreateApiKey": (servicer.CreateApiKey, pb.CreateApiKeyRequest, pb.CreateApiKeyResponse),
-        "RevokeApiKey": (servicer.RevokeApiKey, pb.RevokeApiKeyRequest, pb.RevokeApiKeyResponse),
-        "ListApiKeys": (servicer.ListApiKeys, pb.ListApiKeysRequest, pb.ListApiKeysResponse),
-    }
-    handlers = {
-        name: grpc.unary_unary_rpc_method_handler(
-            handler,
-            request_deserializer=lenient_parser(request_type),
-            response_serializer=response_type.SerializeToString,
-        )
-        for name, (handler, request_type, response_type) in methods.items()
-    }
+    handlers = lenient_unary_handlers(
+        {
+            "CreateBrand": (servicer.CreateBrand, pb.CreateBrandRequest, pb.CreateBrandResponse),
+            "ListBrands": (servicer.ListBrands, pb.ListBrandsRequest, pb.ListBrandsResponse),
+            "CreateApiKey": (servicer.CreateApiKey, pb.CreateApiKeyRequest, pb.CreateApiKeyResponse),
+            "RevokeApiKey": (servicer.RevokeApiKey, pb.RevokeApiKeyRequest, pb.RevokeApiKeyResponse),
+            "ListApiKeys": (servicer.ListApiKeys, pb.ListApiKeysRequest, pb.ListApiKeysResponse),
+        }
+    )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADMIN_SERVICE_NAME, handlers),))

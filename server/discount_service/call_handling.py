@@ -141,6 +141,22 @@ def lenient_parser(message_type: type[Message]) -> Callable[[bytes], Message | M
     return parse
 
 
+# Each unary method of a service: its handler, its request type and its response type.
+UnaryMethods = dict[str, tuple[Callable[..., Any], type[Message], type[Message]]]
+
+
+def lenient_unary_handlers(methods: UnaryMethods) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    """The handlers of a service's unary methods, each reading its request with lenient_parser."""
+    return {
+        name: grpc.unary_unary_rpc_method_handler(
+            handler,
+            request_deserializer=lenient_parser(request_type),
+            response_serializer=response_type.SerializeToString,
+        )
+        for name, (handler, request_type, response_type) in methods.items()
+    }
+
+
 def _credential_header(context: Context, key: str) -> str | None:
     """The one value of a credential header. Two are refused rather than one picked: a proxy that
     adds its own credential would otherwise decide, unseen, which identity the call runs as."""

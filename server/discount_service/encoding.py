@@ -1,4 +1,5 @@
-"""Claims to protobuf, and WatchClaims responses encoded by hand from per-claim pieces.
+"""Claims (and the timestamps every servicer sends) to protobuf, and WatchClaims responses encoded by
+hand from per-claim pieces.
 
 A watch stream's response is registered with a pass-through serializer: the servicer yields bytes
 made here, so a claim that many watchers stream is encoded once, not once per watcher.
@@ -8,6 +9,9 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from discount.v1 import discount_service_pb2 as pb
 
@@ -37,6 +41,12 @@ def cut_runs(
     if start < len(sizes):
         runs.append((start, len(sizes)))
     return runs
+
+
+def timestamp_proto(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
 
 
 def claim_to_proto(claim: Claim) -> pb.Claim:

@@ -106,3 +106,34 @@ class Page(Generic[T]):
 
     items: list[T]
     next_page_token: str
+
+
+@dataclass(frozen=True)
+class WebhookRow:
+    """A brand's webhook as stored, and how its delivery stands."""
+
+    brand_key: int
+    brand_id: str
+    webhook_id: str
+    url: str
+    state: str  # 'active', 'failing' or 'disabled'
+    delivered_sequence: int
+    max_claims_per_delivery: int
+    created_at: datetime
+    last_error: str
+    next_attempt_at: datetime | None
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    """One recorded attempt to deliver a range of a webhook's claims; `number` orders the listing."""
+
+    delivery_id: str
+    first_sequence: int
+    last_sequence: int
+    attempt: int
+    attempted_at: datetime
+    http_status: int
+    error: str
+    duration_seconds: float
+    number: int

@@ -22,6 +22,7 @@ from .call_handling import (
     Failure,
     MalformedRequest,
     lenient_parser,
+    lenient_unary_handlers,
     status_for,
 )
 from .encoding import EncodedClaims, claim_to_proto
@@ -169,37 +170,18 @@ def _redemption_to_proto(redemption: Redemption) -> pb.Redemption:
 
 def add_to_server(servicer: DiscountServicer, server: grpc.aio.Server) -> None:
     """Registers the service with lenient request parsers (see MalformedRequest)."""
-    unary = grpc.unary_unary_rpc_method_handler
-    handlers = {
-        "GenerateCodes": unary(
-            servicer.GenerateCodes,
-            request_deserializer=lenient_parser(pb.GenerateCodesRequest),
-            response_serializer=pb.GenerateCodesResponse.SerializeToString,
-        ),
-        "ClaimCode": unary(
-            servicer.ClaimCode,
-            request_deserializer=lenient_parser(pb.ClaimCodeRequest),
-            response_serializer=pb.ClaimCodeResponse.SerializeToString,
-        ),
-        "GetBrandStats": unary(
-            servicer.GetBrandStats,
-            request_deserializer=lenient_parser(pb.GetBrandStatsRequest),
-            response_serializer=pb.GetBrandStatsResponse.SerializeToString,
-        ),
-        "RedeemCode": unary(
-            servicer.RedeemCode,
-            request_deserializer=lenient_parser(pb.RedeemCodeRequest),
-            response_serializer=pb.RedeemCodeResponse.SerializeToString,
-        ),
-        "CancelRedemption": unary(
-            servicer.CancelRedemption,
-            request_deserializer=lenient_parser(pb.CancelRedemptionRequest),
-            response_serializer=pb.CancelRedemptionResponse.SerializeToString,
-        ),
-        "WatchClaims": grpc.unary_stream_rpc_method_handler(
-            servicer.guarded_stream("WatchClaims", servicer.WatchClaims),
-            request_deserializer=lenient_parser(pb.WatchClaimsRequest),
-            response_serializer=None,  # WatchClaims yields bytes, encoded once per claim
-        ),
-    }
+    handlers = lenient_unary_handlers(
+        {
+            "GenerateCodes": (servicer.GenerateCodes, pb.GenerateCodesRequest, pb.GenerateCodesResponse),
+            "ClaimCode": (servicer.ClaimCode, pb.ClaimCodeRequest, pb.ClaimCodeResponse),
+            "GetBrandStats": (servicer.GetBrandStats, pb.GetBrandStatsRequest, pb.GetBrandStatsResponse),
+            "RedeemCode": (servicer.RedeemCode, pb.RedeemCodeRequest, pb.RedeemCodeResponse),
+            "CancelRedemption": (servicer.CancelRedemption, pb.CancelRedemptionRequest, pb.CancelRedemptionResponse),
+        }
+    )
+    handlers["WatchClaims"] = grpc.unary_stream_rpc_method_handler(
+        servicer.guarded_stream("WatchClaims", servicer.WatchClaims),
+        request_deserializer=lenient_parser(pb.WatchClaimsRequest),
+        response_serializer=None,  # WatchClaims yields bytes, encoded once per claim
+    )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -7,20 +7,17 @@ a field value, so never a secret), and lenient parsers, so an unparsable body is
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from discount.v1 import webhook_service_pb2 as pb
 
 from .auth import Authenticator
-from .call_handling import CallHandling, CallObserver, Context
-from .call_handling import lenient_parser as _lenient_parser
-from .models import Principal
-from .store import AttemptRow, WebhookRow
+from .call_handling import CallHandling, CallObserver, Context, lenient_unary_handlers
+from .encoding import timestamp_proto
+from .models import AttemptRow, Principal, WebhookRow
 from .webhooks import WebhookService
 
 WEBHOOK_SERVICE_NAME = "discount.v1.WebhookService"
@@ -32,12 +29,6 @@ _STATE = {
 }
 
 
-def _timestamp(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
 def webhook_to_proto(row: WebhookRow) -> pb.Webhook:
     message = pb.Webhook(
         webhook_id=row.webhook_id,
@@ -46,11 +37,11 @@ def webhook_to_proto(row: WebhookRow) -> pb.Webhook:
         state=_STATE[row.state],
         delivered_sequence=row.delivered_sequence,
         max_claims_per_delivery=row.max_claims_per_delivery,
-        created_at=_timestamp(row.created_at),
+        created_at=timestamp_proto(row.created_at),
         last_error=row.last_error,
     )
     if row.state == "failing" and row.next_attempt_at is not None:
-        message.next_attempt_at.CopyFrom(_timestamp(row.next_attempt_at))
+        message.next_attempt_at.CopyFrom(timestamp_proto(row.next_attempt_at))
     return message
 
 
@@ -62,7 +53,7 @@ def attempt_to_proto(row: AttemptRow) -> pb.WebhookDelivery:
         first_sequence=row.first_sequence,
         last_sequence=row.last_sequence,
         attempt=row.attempt,
-        attempted_at=_timestamp(row.attempted_at),
+        attempted_at=timestamp_proto(row.attempted_at),
         http_status=row.http_status,
         error=row.error,
         duration=duration,
@@ -145,29 +136,23 @@ class WebhookServicer(CallHandling):
 
 def add_webhooks_to_server(servicer: WebhookServicer, server: grpc.aio.Server) -> None:
     """Registers WebhookService with lenient request parsers (see servicer.MalformedRequest)."""
-    methods: dict[str, tuple[Any, type[Any], type[Any]]] = {
-        "CreateWebhook": (servicer.CreateWebhook, pb.CreateWebhookRequest, pb.CreateWebhookResponse),
-        "GetWebhook": (servicer.GetWebhook, pb.GetWebhookRequest, pb.GetWebhookResponse),
-        "ListWebhooks": (servicer.ListWebhooks, pb.ListWebhooksRequest, pb.ListWebhooksResponse),
-        "DeleteWebhook": (servicer.DeleteWebhook, pb.DeleteWebhookRequest, pb.DeleteWebhookResponse),
-        "ReplayWebhook": (servicer.ReplayWebhook, pb.ReplayWebhookRequest, pb.ReplayWebhookResponse),
-        "RotateWebhookSecret": (
-            servicer.RotateWebhookSecret,
-            pb.RotateWebhookSecretRequest,
-            pb.RotateWebhookSecretResponse,
-        ),
-        "ListWebhookDeliveries": (
-            servicer.ListWebhookDeliveries,
-            pb.ListWebhookDeliveriesRequest,
-            pb.ListWebhookDeliveriesResponse,
-        ),
-    }
-    handlers = {
-        name: grpc.unary_unary_rpc_method_handler(
-            handler,
-            request_deserializer=_lenient_parser(request_type),
-            response_serializer=response_type.SerializeToString,
-        )
-        for name, (handler, request_type, response_type) in methods.items()
-    }
+    handlers = lenient_unary_handlers(
+        {
+            "CreateWebhook": (servicer.CreateWebhook, pb.CreateWebhookRequest, pb.CreateWebhookResponse),
+            "GetWebhook": (servicer.GetWebhook, pb.GetWebhookRequest, pb.GetWebhookResponse),
+            "ListWebhooks": (servicer.ListWebhooks, pb.ListWebhooksRequest, pb.ListWebhooksResponse),
+            "DeleteWebhook": (servicer.DeleteWebhook, pb.DeleteWebhookRequest, pb.DeleteWebhookResponse),
+            "ReplayWebhook": (servicer.ReplayWebhook, pb.ReplayWebhookRequest, pb.ReplayWebhookResponse),
+            "RotateWebhookSecret": (
+                servicer.RotateWebhookSecret,
+                pb.RotateWebhookSecretRequest,
+                pb.RotateWebhookSecretResponse,
+            ),
+            "ListWebhookDeliveries": (
+                servicer.ListWebhookDeliveries,
+                pb.ListWebhookDeliveriesRequest,
+                pb.ListWebhookDeliveriesResponse,
+            ),
+        }
+    )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(WEBHOOK_SERVICE_NAME, handlers),))

@@ -34,8 +34,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from . import errors, validation
 from .admin_service import PageTokens, resolve_page_size
 from .auth import require_brand_access
-from .models import Principal, Role
-from .store import AttemptRow, Store, WebhookRow
+from .models import AttemptRow, Principal, Role, WebhookRow
+from .store import Store
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from ._migrations import (
 from ._queries import QUERIES
 from ._redemptions import RedemptionOutcome, RedemptionRow, Redemptions
 from ._relay import Relay, RelayLock, RelayStanding
-from ._webhooks import AttemptOutcome, AttemptRow, DeliveryState, ScannedWebhook, WebhookLocks, WebhookRow, Webhooks
+from ._webhooks import AttemptOutcome, DeliveryState, ScannedWebhook, WebhookLocks, Webhooks
 
 __all__ = [
     "CITUS_DISTRIBUTED_FUNCTIONS",
@@ -35,11 +35,9 @@ __all__ = [
     "RedemptionOutcome",
     "RedemptionRow",
     "AttemptOutcome",
-    "AttemptRow",
     "DeliveryState",
     "ScannedWebhook",
     "WebhookLocks",
-    "WebhookRow",
     "BatchRow",
     "BrandToSweep",
     "ClaimItem",

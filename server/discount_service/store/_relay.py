@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 
 from ._errors import translate_errors
-from ._pool import StoreBase
+from ._pool import StoreBase, connect_with_keepalives
 from ._queries import QUERIES
 
 # The first key of the relay's advisory lock: negative, so never a brand_key (the claims' two-key
@@ -56,17 +56,9 @@ class RelayLock:
         with translate_errors():
             try:
                 if self._conn is None or self._conn.closed:
-                    self._conn = await psycopg.AsyncConnection.connect(
-                        self._conninfo,
-                        autocommit=True,
-                        application_name=self._application_name,
-                        # A holder whose machine vanished (no FIN) is noticed within seconds, not hours.
-                        keepalives=1,
-                        keepalives_idle=5,
-                        keepalives_interval=2,
-                        keepalives_count=3,
+                    self._conn = await connect_with_keepalives(
+                        self._conninfo, self._application_name, "relay_keepalives"
                     )
-                    await self._conn.execute(QUERIES["relay_keepalives"])
                 cur = await self._conn.execute(QUERIES[query], params)
                 return await cur.fetchall()
             except psycopg.Error:

@@ -11,41 +11,15 @@ from typing import Any
 
 import psycopg
 
+from ..models import AttemptRow, WebhookRow
 from ._errors import translate_errors
-from ._pool import StoreBase
+from ._pool import StoreBase, connect_with_keepalives
 from ._queries import QUERIES
 
 # The first key of every webhook advisory lock (the second is a hash of the webhook or brand): a
 # negative number, so never a brand_key, whose two-key locks the claims take.
 WEBHOOK_LOCK_CLASS = -0x5748  # delivery of one webhook, held by a session
 WEBHOOK_CREATE_LOCK_CLASS = -0x5749  # creations of one brand's webhooks, held by a transaction
-
-
-@dataclass(frozen=True)
-class WebhookRow:
-    brand_key: int
-    brand_id: str
-    webhook_id: str
-    url: str
-    state: str  # 'active', 'failing' or 'disabled'
-    delivered_sequence: int
-    max_claims_per_delivery: int
-    created_at: datetime
-    last_error: str
-    next_attempt_at: datetime | None
-
-
-@dataclass(frozen=True)
-class AttemptRow:
-    delivery_id: str
-    first_sequence: int
-    last_sequence: int
-    attempt: int
-    attempted_at: datetime
-    http_status: int
-    error: str
-    duration_seconds: float
-    number: int
 
 
 @dataclass(frozen=True)
@@ -275,18 +249,9 @@ class WebhookLocks:
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed:
-            # Keepalives both ways: this process learns of a dead database, and the database of a
-            # dead process, within about 11 s, not at the next statement or the kernel's hours.
-            self._conn = await psycopg.AsyncConnection.connect(
-                self._conninfo,
-                autocommit=True,
-                application_name=self._application_name,
-                keepalives=1,
-                keepalives_idle=5,
-                keepalives_interval=2,
-                keepalives_count=3,
+            self._conn = await connect_with_keepalives(
+                self._conninfo, self._application_name, "webhook_lock_keepalives"
             )
-            await self._conn.execute(QUERIES["webhook_lock_keepalives"])
         return self._conn
 
     async def scan(self, held: Iterable[str]) -> list[ScannedWebhook]:
