@@ -13,7 +13,7 @@ import grpc
 from discount.v1 import admin_service_pb2 as admin_pb
 from discount.v1 import admin_service_pb2_grpc as admin_pb_grpc
 
-from .errors import InvalidArgument
+from ._common import invalid_field
 
 ADMIN_SERVICE_NAME = "discount.v1.AdminService"
 
@@ -82,13 +82,9 @@ def admin_stub(channel: grpc.Channel | grpc.aio.Channel) -> Any:
     return admin_pb_grpc.AdminServiceStub(channel)  # type: ignore[no-untyped-call]
 
 
-def _invalid(message: str, method: str, field_name: str) -> InvalidArgument:
-    return InvalidArgument(message, code="INVALID_ARGUMENT", method=method, reason="INVALID_FIELD", field=field_name)
-
-
 def _page_size(value: int, method: str) -> int:
     if not 0 <= value < 2**32:
-        raise _invalid(f"page_size must be between 0 and 1,000 (0 means 100), got {value}", method, "page_size")
+        raise invalid_field(f"page_size must be between 0 and 1,000 (0 means 100), got {value}", method, "page_size")
     return value
 
 
@@ -106,7 +102,9 @@ def create_api_key_request(role: Role | str, brand_id: str | None) -> admin_pb.C
     try:
         value = _ROLE_TO_PROTO[Role(role)]
     except (ValueError, KeyError):
-        raise _invalid(f"role must be 'admin', 'brand' or 'service', got {role!r}", "CreateApiKey", "role") from None
+        raise invalid_field(
+            f"role must be 'admin', 'brand' or 'service', got {role!r}", "CreateApiKey", "role"
+        ) from None
     return admin_pb.CreateApiKeyRequest(role=value, brand_id=brand_id or "")
 
 

@@ -183,6 +183,11 @@ class BrandStats:
     redeemed: int = 0
 
 
+def invalid_field(message: str, method: str, field_name: str) -> InvalidArgument:
+    """The error a request refused before it is sent gets: what the server would answer for it."""
+    return InvalidArgument(message, code="INVALID_ARGUMENT", method=method, reason="INVALID_FIELD", field=field_name)
+
+
 def new_request_id() -> str:
     return str(uuid.uuid4())
 
@@ -210,13 +215,7 @@ def generate_request(
 ) -> pb.GenerateCodesRequest:
     for field, value in (("count", count), ("code_length", code_length)):
         if not 0 <= value < 2**32:
-            raise InvalidArgument(
-                f"{field} must be a non-negative 32-bit integer, got {value}",
-                code="INVALID_ARGUMENT",
-                method="GenerateCodes",
-                reason="INVALID_FIELD",
-                field=field,
-            )
+            raise invalid_field(f"{field} must be a non-negative 32-bit integer, got {value}", "GenerateCodes", field)
     request = pb.GenerateCodesRequest(
         brand_id=brand_id,
         count=count,
@@ -226,12 +225,8 @@ def generate_request(
     )
     if expires_at is not None:
         if expires_at.tzinfo is None:
-            raise InvalidArgument(
-                "expires_at must be timezone-aware, e.g. datetime(..., tzinfo=UTC)",
-                code="INVALID_ARGUMENT",
-                method="GenerateCodes",
-                reason="INVALID_FIELD",
-                field="expires_at",
+            raise invalid_field(
+                "expires_at must be timezone-aware, e.g. datetime(..., tzinfo=UTC)", "GenerateCodes", "expires_at"
             )
         request.expires_at.FromDatetime(expires_at.astimezone(UTC))
     return request

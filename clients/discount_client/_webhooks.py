@@ -13,7 +13,7 @@ import grpc
 from discount.v1 import webhook_service_pb2 as webhook_pb
 from discount.v1 import webhook_service_pb2_grpc as webhook_pb_grpc
 
-from .errors import InvalidArgument
+from ._common import invalid_field
 
 
 class WebhookState(StrEnum):
@@ -85,13 +85,7 @@ def webhook_stub(channel: grpc.Channel | grpc.aio.Channel) -> Any:
 
 def _sequence(value: int | None, method: str) -> int | None:
     if value is not None and not 0 <= value < 2**64:
-        raise InvalidArgument(
-            f"after_sequence must be at least 0, got {value}",
-            code="INVALID_ARGUMENT",
-            method=method,
-            reason="INVALID_FIELD",
-            field="after_sequence",
-        )
+        raise invalid_field(f"after_sequence must be at least 0, got {value}", method, "after_sequence")
     return value
 
 

@@ -23,7 +23,7 @@ from ._common import BrandStats, Claim, ClaimResult, GenerateResult, RetryPolicy
 from ._connectivity import ChannelReadiness
 from ._redemptions import RedeemResult, Redemption
 from ._webhooks import NewWebhookSecret, Webhook, WebhookDeliveryPage
-from .errors import DiscountError, InvalidArgument, from_rpc_error, status_code
+from .errors import DiscountError, from_rpc_error, status_code
 
 log = logging.getLogger("discount_client")
 
@@ -182,12 +182,8 @@ class DiscountClient:
         once. Errors that a reconnect cannot fix (bad key, unknown brand) are raised. Stop by
         breaking out of the loop (or `close()` on the iterator)."""
         if after_sequence < 0:
-            raise InvalidArgument(
-                f"after_sequence must be at least 0, got {after_sequence}",
-                code="INVALID_ARGUMENT",
-                method="WatchClaims",
-                reason="INVALID_FIELD",
-                field="after_sequence",
+            raise _common.invalid_field(
+                f"after_sequence must be at least 0, got {after_sequence}", "WatchClaims", "after_sequence"
             )
         cursor = after_sequence
         failures = 0
