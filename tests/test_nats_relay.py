@@ -25,6 +25,7 @@ import pytest
 from nats.js.api import RawStreamMsg
 
 from discount.v1 import discount_service_pb2 as pb
+from tests.db_proxy import proxied
 from tests.support import (
     BIN,
     ServerHandle,
@@ -36,7 +37,7 @@ from tests.support import (
     start_server_process,
     stop_process,
 )
-from tests.test_feed_many_brands import counted, create_brands, idle_rate
+from tests.test_feed_many_brands import create_brands, idle_rate
 
 NATS_URL = "nats://127.0.0.1:4222"
 TAKEOVER_SECONDS = 15.0
@@ -180,40 +181,49 @@ class SwitchableForwarder:
             writer.close()
 
 
-async def test_a_server_started_while_nats_was_unreachable_relays_once_it_is_up(
-    database_url: str, names: tuple[str, str]
-) -> None:
-    stream, prefix = names
-    create_brand(database_url, "acme")
-    generate_codes_sql(database_url, "acme", 50)
+@contextlib.asynccontextmanager
+async def nats_behind_a_switch(
+    database_url: str, stream: str, prefix: str
+) -> AsyncIterator[tuple[SwitchableForwarder, Any, ServerHandle]]:
+    """A server whose NATS is reached only through a SwitchableForwarder, switched off at first."""
     forwarder = SwitchableForwarder()
     port = await forwarder.start()
     try:
         async with in_process_server(
             database_url, nats_url=f"nats://127.0.0.1:{port}", nats_stream=stream, nats_subject_prefix=prefix
         ) as (server, handle):
-            # Claims and health go on while NATS cannot be reached.
-            claims = await make_claims(handle, "acme", range(10))
-            channel = grpc.aio.insecure_channel(handle.address)
-            from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-            health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
-            await channel.close()
-            assert health.status == health_pb2.HealthCheckResponse.SERVING
-            await asyncio.sleep(1.0)
-            assert await stream_messages(stream) == []
-            assert server.relay.lag() == 10  # the gauge: how far behind the relay is
-
-            forwarder.on = True
-            claims += await make_claims(handle, "acme", range(10, 20))
-            messages = await wait_for_messages(stream, 20)
-            assert by_brand(messages) == {"acme": [c.sequence for c in claims]}
-            deadline = time.monotonic() + 5
-            while server.relay.lag() and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-            assert server.relay.lag() == 0
+            yield forwarder, server, handle
     finally:
         await forwarder.close()
+
+
+async def test_a_server_started_while_nats_was_unreachable_relays_once_it_is_up(
+    database_url: str, names: tuple[str, str]
+) -> None:
+    stream, prefix = names
+    create_brand(database_url, "acme")
+    generate_codes_sql(database_url, "acme", 50)
+    async with nats_behind_a_switch(database_url, stream, prefix) as (forwarder, server, handle):
+        # Claims and health go on while NATS cannot be reached.
+        claims = await make_claims(handle, "acme", range(10))
+        channel = grpc.aio.insecure_channel(handle.address)
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        await channel.close()
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        await asyncio.sleep(1.0)
+        assert await stream_messages(stream) == []
+        assert server.relay.lag() == 10  # the gauge: how far behind the relay is
+
+        forwarder.on = True
+        claims += await make_claims(handle, "acme", range(10, 20))
+        messages = await wait_for_messages(stream, 20)
+        assert by_brand(messages) == {"acme": [c.sequence for c in claims]}
+        deadline = time.monotonic() + 5
+        while server.relay.lag() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert server.relay.lag() == 0
 
 
 async def test_a_stream_that_does_not_cover_the_subjects_stops_serve_with_one_line(
@@ -254,29 +264,22 @@ async def test_a_stream_changed_to_not_cover_the_subjects_is_logged_as_an_error_
     stream, prefix = names
     create_brand(database_url, "acme")
     generate_codes_sql(database_url, "acme", 10)
-    forwarder = SwitchableForwarder()
-    port = await forwarder.start()
-    try:
-        async with in_process_server(
-            database_url, nats_url=f"nats://127.0.0.1:{port}", nats_stream=stream, nats_subject_prefix=prefix
-        ) as (_, handle):
-            # While the server cannot see NATS, someone makes the stream with other subjects.
-            client = await nats.connect(NATS_URL)
-            await client.jetstream().add_stream(name=stream, subjects=[f"{prefix}-other.>"])
-            await client.close()
-            forwarder.on = True
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and not any(
-                r.levelname == "ERROR" and "do not cover" in r.getMessage() for r in caplog.records
-            ):
-                await asyncio.sleep(0.1)
-            (error,) = [r for r in caplog.records if r.levelname == "ERROR" and "do not cover" in r.getMessage()]
-            assert f"JetStream stream {stream} exists with subjects {prefix}-other.>" in error.getMessage()
-            assert len(await make_claims(handle, "acme", range(3))) == 3  # claims go on
-            await asyncio.sleep(1.0)
-            assert await stream_messages(stream) == []
-    finally:
-        await forwarder.close()
+    async with nats_behind_a_switch(database_url, stream, prefix) as (forwarder, _, handle):
+        # While the server cannot see NATS, someone makes the stream with other subjects.
+        client = await nats.connect(NATS_URL)
+        await client.jetstream().add_stream(name=stream, subjects=[f"{prefix}-other.>"])
+        await client.close()
+        forwarder.on = True
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(
+            r.levelname == "ERROR" and "do not cover" in r.getMessage() for r in caplog.records
+        ):
+            await asyncio.sleep(0.1)
+        (error,) = [r for r in caplog.records if r.levelname == "ERROR" and "do not cover" in r.getMessage()]
+        assert f"JetStream stream {stream} exists with subjects {prefix}-other.>" in error.getMessage()
+        assert len(await make_claims(handle, "acme", range(3))) == 3  # claims go on
+        await asyncio.sleep(1.0)
+        assert await stream_messages(stream) == []
 
 
 async def test_an_up_to_date_relay_of_a_thousand_brands_adds_at_most_2_idle_transactions_a_second(
@@ -284,7 +287,7 @@ async def test_an_up_to_date_relay_of_a_thousand_brands_adds_at_most_2_idle_tran
 ) -> None:
     stream, prefix = names
     brands = create_brands(database_url, 1000, 5)
-    async with counted(database_url) as (proxy, proxied_url):
+    async with proxied(database_url) as (proxy, proxied_url):
         async with in_process_server(proxied_url) as (_, handle):
             for brand in brands[:20]:
                 await make_claims(handle, brand, range(2))
