@@ -3,7 +3,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { DiscountClient } from "./client.js";
 import { byId } from "./dom.js";
-import { errorField, errorReason } from "./errors.js";
+import { errorReason, sharedReasonMessage, statusMessage } from "./errors.js";
 import type { ClaimedCode } from "./redeem.js";
 
 interface TokenClaims {
@@ -31,18 +31,11 @@ export function readToken(token: string): TokenClaims | null {
  * gRPC's own message size limit answers with the same code).
  */
 export function claimErrorMessage(err: ConnectError, signedIn: boolean, tokenExpired = false): string {
-  switch (errorReason(err)) {
-    case "NO_CODES_LEFT":
-      return "No codes left: this brand has given out all of its discount codes. Please check back later.";
-    case "BRAND_NOT_FOUND":
-      return `Unknown brand: ${err.rawMessage}.`;
-    case "INVALID_FIELD": {
-      const field = errorField(err);
-      return `Please check the form${field ? ` (${field})` : ""}: ${err.rawMessage}.`;
-    }
-    case "DATABASE_UNAVAILABLE":
-      return "The discount service cannot be reached right now; please try again in a moment.";
+  if (errorReason(err) === "NO_CODES_LEFT") {
+    return "No codes left: this brand has given out all of its discount codes. Please check back later.";
   }
+  const shared = sharedReasonMessage(err);
+  if (shared) return shared;
   switch (err.code) {
     case Code.ResourceExhausted:
       return "That request is too large for the discount service; please shorten what you entered.";
@@ -52,19 +45,12 @@ export function claimErrorMessage(err: ConnectError, signedIn: boolean, tokenExp
       return tokenExpired
         ? `Not signed in: your sign-in is no longer valid (${err.rawMessage}).`
         : `Not signed in: your sign-in is not valid (${err.rawMessage}).`;
-    case Code.PermissionDenied:
-      return `Not allowed: ${err.rawMessage}.`;
     case Code.NotFound:
       return `Unknown brand: ${err.rawMessage}.`;
     case Code.InvalidArgument:
       return `Please check the form: ${err.rawMessage}.`;
-    case Code.Unavailable:
-    case Code.Unknown:
-      return "The discount service cannot be reached right now; please try again in a moment.";
-    case Code.DeadlineExceeded:
-      return "The discount service took too long to answer; please try again.";
     default:
-      return `Something went wrong (${Code[err.code]}): ${err.rawMessage}`;
+      return statusMessage(err);
   }
 }
 

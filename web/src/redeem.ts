@@ -5,7 +5,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { DiscountClient } from "./client.js";
 import { byId } from "./dom.js";
-import { errorField, errorReason } from "./errors.js";
+import { errorReason, sharedReasonMessage, statusMessage } from "./errors.js";
 
 /** What the shopper should read when a redemption is refused: by the service's reason first. */
 export function redeemErrorMessage(err: ConnectError): string {
@@ -20,27 +20,14 @@ export function redeemErrorMessage(err: ConnectError): string {
       return "This code is already used on another order. Cancel that order's redemption to use it again.";
     case "REDEMPTION_CANCELLED":
       return "This order's use of the code was cancelled: place a new order to use the code again.";
-    case "BRAND_NOT_FOUND":
-      return `Unknown brand: ${err.rawMessage}.`;
-    case "INVALID_FIELD": {
-      const field = errorField(err);
-      return `Please check the form${field ? ` (${field})` : ""}: ${err.rawMessage}.`;
-    }
-    case "DATABASE_UNAVAILABLE":
-      return "The discount service cannot be reached right now; please try again in a moment.";
   }
+  const shared = sharedReasonMessage(err);
+  if (shared) return shared;
   switch (err.code) {
     case Code.Unauthenticated:
       return `The shop key was refused: ${err.rawMessage}.`;
-    case Code.PermissionDenied:
-      return `Not allowed: ${err.rawMessage}.`;
-    case Code.Unavailable:
-    case Code.Unknown:
-      return "The discount service cannot be reached right now; please try again in a moment.";
-    case Code.DeadlineExceeded:
-      return "The discount service took too long to answer; please try again.";
     default:
-      return `Something went wrong (${Code[err.code]}): ${err.rawMessage}`;
+      return statusMessage(err);
   }
 }
 
