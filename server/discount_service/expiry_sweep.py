@@ -76,6 +76,8 @@ class ExpirySweep:
 
     async def _run(self) -> None:
         while True:
+            # Cleared before the round, not after: a batch generated while the round runs wakes the next wait.
+            self._wake.clear()
             delay = self._interval
             try:
                 if not await self._sweep_round():
@@ -85,7 +87,6 @@ class ExpirySweep:
                 log.debug("expiry sweep skipped a round: %s", exc)
             except Exception:  # noqa: BLE001 - the sweep must outlive one bad round; the next one retries
                 log.exception("expiry sweep round failed")
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
 
