@@ -37,7 +37,7 @@ from discount.v1 import discount_service_pb2_grpc as pb_grpc
 ROOT = Path(__file__).resolve().parent.parent
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 # The project's own layers (everything above the base image), in MB: the target in docs/operations.md.
-PROJECT_LAYERS_TARGET_MB = 110
+PROJECT_LAYERS_TARGET_MB = 125
 RUN = uuid.uuid4().hex[:6]
 # podman without systemd logs an error for every container with a HEALTHCHECK; it changes nothing.
 PODMAN_NOISE = "unable to get systemd connection"
