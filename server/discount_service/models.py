@@ -125,8 +125,8 @@ class WebhookRow:
 
 
 @dataclass(frozen=True)
-class AttemptRow:
-    """One recorded attempt to deliver a range of a webhook's claims; `number` orders the listing."""
+class DeliveryAttempt:
+    """One attempt to deliver a range of a webhook's claims; `http_status` 0 means no answer."""
 
     delivery_id: str
     first_sequence: int
@@ -136,4 +136,10 @@ class AttemptRow:
     http_status: int
     error: str
     duration_seconds: float
+
+
+@dataclass(frozen=True)
+class AttemptRow(DeliveryAttempt):
+    """A recorded attempt; `number` orders the listing."""
+
     number: int

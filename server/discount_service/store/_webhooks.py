@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from ..models import AttemptRow, WebhookRow
+from ..models import AttemptRow, DeliveryAttempt, WebhookRow
 from ._errors import translate_errors
 from ._pool import StoreBase, connect_with_keepalives
 from ._queries import QUERIES
@@ -52,20 +52,12 @@ class ScannedWebhook:
 
 
 @dataclass(frozen=True)
-class AttemptOutcome:
+class AttemptOutcome(DeliveryAttempt):
     """One attempt, as recorded."""
 
     brand_key: int
     webhook_id: str
     config_version: int
-    delivery_id: str
-    first_sequence: int
-    last_sequence: int
-    attempt: int
-    attempted_at: datetime
-    http_status: int
-    error: str
-    duration_seconds: float
     succeeded: bool
     gone: bool
     retry_in_seconds: float
