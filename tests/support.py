@@ -14,10 +14,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import grpc
-from google.rpc.error_details_pb2 import ErrorInfo, RetryInfo
-from google.rpc.status_pb2 import Status
-
 from discount.v1 import discount_service_pb2 as pb
 from discount_dev.databases import Databases as Databases
 from discount_dev.databases import server_url as server_url
@@ -40,6 +36,11 @@ BIN = Path(sys.executable).parent
 # has its own tests).
 sql = execute
 generate_codes_sql = add_codes
+# How many of this database's backends wait on a lock another holds: for tests that hold a row
+# and wait until the server's transactions queue behind it.
+WAITING_ON_LOCKS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pg_blocking_pids(pid) <> '{}'"
+)
 
 
 def server_settings(**overrides: Any) -> Settings:
@@ -65,20 +66,3 @@ async def in_process_server(database_url: str, **overrides: Any) -> AsyncIterato
 
 def claim_request(brand: str, user: str, email: str | None = None) -> pb.ClaimCodeRequest:
     return pb.ClaimCodeRequest(brand_id=brand, user_id=user, email=email or f"{user}@example.com")
-
-
-def refusal(error: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str, float | None]:
-    """The status code, the ErrorInfo reason and the RetryInfo delay (None without one), as any
-    gRPC client reads them."""
-    raw = [value for key, value in error.trailing_metadata() or () if key == "grpc-status-details-bin"]
-    reason, delay = "", None
-    for detail in Status.FromString(raw[0]).details if raw else []:
-        if detail.Is(ErrorInfo.DESCRIPTOR):
-            info = ErrorInfo()
-            detail.Unpack(info)
-            reason = info.reason
-        elif detail.Is(RetryInfo.DESCRIPTOR):
-            retry = RetryInfo()
-            detail.Unpack(retry)
-            delay = retry.retry_delay.ToNanoseconds() / 1e9
-    return error.code(), reason, delay

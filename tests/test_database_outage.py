@@ -20,7 +20,8 @@ import pytest
 
 from discount.v1 import discount_service_pb2_grpc as pb_grpc
 from tests.db_proxy import proxied
-from tests.support import claim_request, create_brand, generate_codes_sql, in_process_server, refusal, sql
+from tests.grpc_errors import refusal_with_retry_delay
+from tests.support import claim_request, create_brand, generate_codes_sql, in_process_server, sql
 
 DB_TIMEOUT_SECONDS = 2.0
 CLAIMS_PER_SECOND = 100
@@ -47,7 +48,7 @@ async def _claim(
     try:
         reply = await stub.ClaimCode(claim_request("outage", user_id), metadata=metadata, timeout=deadline)
     except grpc.aio.AioRpcError as exc:
-        _, reason, delay = refusal(exc)
+        _, reason, delay = refusal_with_retry_delay(exc)
         return Outcome(user_id, deadline, started, time.monotonic() - started, "", exc.code(), reason, delay)
     return Outcome(user_id, deadline, started, time.monotonic() - started, reply.claim.code)
 

@@ -24,15 +24,8 @@ from discount.v1 import discount_service_pb2 as pb
 from discount_service.auth import FAILED_AUTH_BURST
 from tests.browser.support import JWT_SECRET, token
 from tests.db_proxy import proxied
-from tests.support import (
-    ServerHandle,
-    claim_request,
-    create_brand,
-    create_key,
-    generate_codes_sql,
-    in_process_server,
-    refusal,
-)
+from tests.grpc_errors import refusal_with_retry_delay
+from tests.support import ServerHandle, claim_request, create_brand, create_key, generate_codes_sql, in_process_server
 
 FLOOD = 2000
 
@@ -86,7 +79,7 @@ async def test_a_flood_of_bad_keys_is_rate_limited_but_valid_keys_from_the_same_
                     pb.GetBrandStatsRequest(brand_id="acme"), metadata=(("x-api-key", _bad_key()),)
                 )
             except grpc.aio.AioRpcError as exc:
-                return refusal(exc)
+                return refusal_with_retry_delay(exc)
             raise AssertionError("a bad key was accepted")
 
         async def good(i: int) -> str:
@@ -155,7 +148,7 @@ async def test_a_throttled_host_still_signs_in_shoppers_and_new_valid_keys(datab
                         pb.GetBrandStatsRequest(brand_id="acme"), metadata=(("x-api-key", _bad_key()),)
                     )
                 except grpc.aio.AioRpcError as exc:
-                    return refusal(exc)[1]
+                    return refusal_with_retry_delay(exc)[1]
                 raise AssertionError("a bad key was accepted")
 
             assert "RATE_LIMITED" in await asyncio.gather(*(bad() for _ in range(50)))
@@ -163,7 +156,7 @@ async def test_a_throttled_host_still_signs_in_shoppers_and_new_valid_keys(datab
             reply = await stub.ClaimCode(claim_request("acme", "shopper", "shopper@example.com"), metadata=shopper)
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stub.ClaimCode(claim_request("acme", "someone"), metadata=(("x-api-key", new_key),))
-            code, reason, delay = refusal(refused.value)
+            code, reason, delay = refusal_with_retry_delay(refused.value)
             assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
             assert delay is not None
             await asyncio.sleep(delay)
@@ -217,7 +210,7 @@ async def test_calls_and_streams_past_the_limits_are_refused_at_once_and_counted
         samples = list(discount_server.metrics.samples())
 
     for refused, seconds in ((refused_stream.value, stream_seconds), (refused_call.value, call_seconds)):
-        code, reason, delay = refusal(refused)
+        code, reason, delay = refusal_with_retry_delay(refused)
         assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "OVERLOADED")
         assert delay is not None and 0 < delay <= 1.0
         assert seconds < 0.5, f"refused after {seconds:.2f}s"

@@ -5,44 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import unicodedata
-from dataclasses import dataclass
 
 import grpc
 import pytest
-from google.rpc.error_details_pb2 import BadRequest, ErrorInfo
-from google.rpc.status_pb2 import Status
 
 from discount.v1 import discount_service_pb2 as pb
 from discount.v1 import discount_service_pb2_grpc as pb_grpc
+from tests.grpc_errors import Refusal, refusal
 from tests.support import ServerHandle, claim_request, create_brand, create_key, generate_codes_sql, sql
 
 pytestmark = pytest.mark.both_engines  # PostgreSQL and Citus (tests/conftest.py)
-
-
-@dataclass(frozen=True)
-class Refusal:
-    code: grpc.StatusCode
-    reason: str
-    field: str
-    message: str
-
-
-def refusal(exc: grpc.aio.AioRpcError) -> Refusal:
-    """The status code, ErrorInfo reason (domain discount.v1) and BadRequest field of a failed call."""
-    trailers = dict(exc.trailing_metadata() or ())
-    status = Status.FromString(trailers["grpc-status-details-bin"])
-    reason = field = ""
-    for detail in status.details:
-        if detail.Is(ErrorInfo.DESCRIPTOR):
-            info = ErrorInfo()
-            detail.Unpack(info)
-            assert info.domain == "discount.v1"
-            reason = info.reason
-        elif detail.Is(BadRequest.DESCRIPTOR):
-            bad = BadRequest()
-            detail.Unpack(bad)
-            field = bad.field_violations[0].field
-    return Refusal(exc.code(), reason, field, exc.details() or "")
 
 
 class Shop:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -14,18 +13,11 @@ from typing import Any
 import pytest
 
 from discount.v1 import webhook_service_pb2 as wpb
-from tests.support import BIN, create_brand, create_key, generate_codes_sql, in_process_server
-from tests.webhook_support import FAST, Api, Receiver, wait_until
+from tests.support import BIN, ServerHandle, create_brand, create_key, generate_codes_sql, in_process_server
+from tests.webhook_support import FAST, Api, Receiver, owner_and_shop, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 BASE = 0.05  # FAST's DISCOUNT_WEBHOOK_RETRY_BASE_SECONDS
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    receiver = await Receiver().start()
-    yield receiver
-    await receiver.stop()
 
 
 async def _state(api: Api, webhook_id: str, state: int) -> wpb.Webhook | None:
@@ -69,75 +61,49 @@ async def test_retries_back_off_then_the_retry_period_disables(database_url: str
             await shop.close()
 
 
-async def test_retry_after_dates_and_redirects(database_url: str, receiver: Receiver) -> None:
-    create_brand(database_url, "wh-ra")
-    generate_codes_sql(database_url, "wh-ra", 5)
-    async with in_process_server(database_url, **FAST) as (_, server):
-        owner = Api(server.address, create_key(database_url, "brand", "wh-ra"))
-        shop = Api(server.address, create_key(database_url, "service"))
-        try:
-            when = format_datetime(datetime.now(UTC) + timedelta(seconds=3), usegmt=True)
-            receiver.script(
-                "/ra", (302, {"Location": receiver.url("/elsewhere")}, 0.0), (503, {"Retry-After": when}, 0.0)
-            )
-            created = await owner.create("wh-ra", receiver.url("/ra"))
-            await shop.claim("wh-ra", "u1")
-            await wait_until(lambda: _attempts(receiver, "/ra", 3), timeout=15, what="three attempts")
-            got = receiver.at("/ra")
-            assert receiver.at("/elsewhere") == [], "redirects are not followed"
-            assert got[2].at - got[1].at >= 1.9, "Retry-After (an HTTP date) is a minimum wait"
+async def test_retry_after_dates_and_redirects(hooked: ServerHandle, receiver: Receiver) -> None:
+    async with owner_and_shop(hooked, "wh-ra") as (owner, shop):
+        when = format_datetime(datetime.now(UTC) + timedelta(seconds=3), usegmt=True)
+        receiver.script("/ra", (302, {"Location": receiver.url("/elsewhere")}, 0.0), (503, {"Retry-After": when}, 0.0))
+        created = await owner.create("wh-ra", receiver.url("/ra"))
+        await shop.claim("wh-ra", "u1")
+        await wait_until(lambda: _attempts(receiver, "/ra", 3), timeout=15, what="three attempts")
+        got = receiver.at("/ra")
+        assert receiver.at("/elsewhere") == [], "redirects are not followed"
+        assert got[2].at - got[1].at >= 1.9, "Retry-After (an HTTP date) is a minimum wait"
 
-            # Each attempt is recorded once its answer is in, just after the receiver saw the request.
-            async def three_recorded() -> Any:
-                page = await owner.deliveries(created.webhook.webhook_id)
-                return list(reversed(page.deliveries)) if len(page.deliveries) >= 3 else None
+        # Each attempt is recorded once its answer is in, just after the receiver saw the request.
+        async def three_recorded() -> Any:
+            page = await owner.deliveries(created.webhook.webhook_id)
+            return list(reversed(page.deliveries)) if len(page.deliveries) >= 3 else None
 
-            attempts = await wait_until(three_recorded, what="three attempts recorded")
-            assert [(a.http_status, a.error) for a in attempts[:2]] == [(302, "HTTP 302"), (503, "HTTP 503")]
-            assert attempts[2].http_status == 200
-        finally:
-            await owner.close()
-            await shop.close()
+        attempts = await wait_until(three_recorded, what="three attempts recorded")
+        assert [(a.http_status, a.error) for a in attempts[:2]] == [(302, "HTTP 302"), (503, "HTTP 503")]
+        assert attempts[2].http_status == 200
 
 
 async def test_the_request_goes_to_the_checked_address_with_the_urls_host(
-    database_url: str, receiver: Receiver
+    hooked: ServerHandle, receiver: Receiver
 ) -> None:
-    create_brand(database_url, "wh-host")
-    generate_codes_sql(database_url, "wh-host", 5)
-    async with in_process_server(database_url, **FAST) as (_, server):
-        owner = Api(server.address, create_key(database_url, "brand", "wh-host"))
-        shop = Api(server.address, create_key(database_url, "service"))
-        try:
-            url = f"http://localhost:{receiver.port}/named"
-            created = await owner.create("wh-host", url)
-            await shop.claim("wh-host", "u1")
-            (got,) = await receiver.wait_for("/named", 1)
-            assert got.headers["Host"] == f"localhost:{receiver.port}"
-            got.verify(created.secret)
-        finally:
-            await owner.close()
-            await shop.close()
+    async with owner_and_shop(hooked, "wh-host") as (owner, shop):
+        url = f"http://localhost:{receiver.port}/named"
+        created = await owner.create("wh-host", url)
+        await shop.claim("wh-host", "u1")
+        (got,) = await receiver.wait_for("/named", 1)
+        assert got.headers["Host"] == f"localhost:{receiver.port}"
+        got.verify(created.secret)
 
 
-async def test_nothing_is_sent_after_delete(database_url: str, receiver: Receiver) -> None:
-    create_brand(database_url, "wh-del")
-    generate_codes_sql(database_url, "wh-del", 5)
-    async with in_process_server(database_url, **FAST) as (_, server):
-        owner = Api(server.address, create_key(database_url, "brand", "wh-del"))
-        shop = Api(server.address, create_key(database_url, "service"))
-        try:
-            created = await owner.create("wh-del", receiver.url("/del"))
-            await shop.claim("wh-del", "u1")
-            await receiver.wait_for("/del", 1)
-            await owner.call("DeleteWebhook", wpb.DeleteWebhookRequest(webhook_id=created.webhook.webhook_id))
-            await shop.claim("wh-del", "u2")
-            await asyncio.sleep(1.0)
-            assert [s for r in receiver.at("/del") for s in r.sequences] == [1]
-            assert (await owner.call("ListWebhooks", wpb.ListWebhooksRequest(brand_id="wh-del"))).webhooks == []
-        finally:
-            await owner.close()
-            await shop.close()
+async def test_nothing_is_sent_after_delete(hooked: ServerHandle, receiver: Receiver) -> None:
+    async with owner_and_shop(hooked, "wh-del") as (owner, shop):
+        created = await owner.create("wh-del", receiver.url("/del"))
+        await shop.claim("wh-del", "u1")
+        await receiver.wait_for("/del", 1)
+        await owner.call("DeleteWebhook", wpb.DeleteWebhookRequest(webhook_id=created.webhook.webhook_id))
+        await shop.claim("wh-del", "u2")
+        await asyncio.sleep(1.0)
+        assert [s for r in receiver.at("/del") for s in r.sequences] == [1]
+        assert (await owner.call("ListWebhooks", wpb.ListWebhooksRequest(brand_id="wh-del"))).webhooks == []
 
 
 async def test_only_the_last_attempts_are_kept(database_url: str) -> None:

@@ -6,22 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 from collections import defaultdict, deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from aiohttp import web
-from google.rpc.error_details_pb2 import BadRequest, ErrorInfo
-from grpc_status import rpc_status
 from standardwebhooks import Webhook
 
 from discount.v1 import discount_service_pb2 as dpb
 from discount.v1 import discount_service_pb2_grpc as discount_grpc
 from discount.v1 import webhook_service_pb2 as wpb
 from discount.v1 import webhook_service_pb2_grpc as webhook_grpc
+from tests.grpc_errors import Refusal, refusal
+from tests.support import ServerHandle, create_brand, create_key, generate_codes_sql
 
 
 @dataclass
@@ -129,14 +131,6 @@ FAST = {
 }
 
 
-@dataclass
-class Failure:
-    code: grpc.StatusCode
-    reason: str
-    field: str
-    message: str
-
-
 class Api:
     """WebhookService and ClaimCode over a real channel, with one key."""
 
@@ -149,22 +143,11 @@ class Api:
     async def call(self, method: str, request: Any) -> Any:
         return await getattr(self.webhooks, method)(request, metadata=self.metadata, timeout=10)
 
-    async def fails(self, method: str, request: Any) -> Failure:
+    async def fails(self, method: str, request: Any) -> Refusal:
         try:
             await self.call(method, request)
         except grpc.aio.AioRpcError as exc:
-            status = rpc_status.from_call(exc)
-            reason = field_name = ""
-            for detail in status.details if status else ():
-                if detail.Is(ErrorInfo.DESCRIPTOR):
-                    info = ErrorInfo()
-                    detail.Unpack(info)
-                    reason = info.reason
-                elif detail.Is(BadRequest.DESCRIPTOR):
-                    bad = BadRequest()
-                    detail.Unpack(bad)
-                    field_name = bad.field_violations[0].field
-            return Failure(exc.code(), reason, field_name, exc.details() or "")
+            return refusal(exc)
         raise AssertionError(f"{method} succeeded")
 
     async def create(self, brand_id: str, url: str, **fields: Any) -> wpb.CreateWebhookResponse:
@@ -195,3 +178,18 @@ async def wait_until(check: Any, timeout: float = 10.0, what: str = "condition")
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached in {timeout}s (last: {value!r})")
         await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def owner_and_shop(server: ServerHandle, brand_id: str, codes: int = 5) -> AsyncIterator[tuple[Api, Api]]:
+    """Brand `brand_id` with `codes` codes; an Api with its brand key (the owner, who manages the
+    webhooks) and one with a service key (the shop, who claims), closed afterwards."""
+    create_brand(server.database_url, brand_id)
+    generate_codes_sql(server.database_url, brand_id, codes)
+    owner = Api(server.address, create_key(server.database_url, "brand", brand_id))
+    shop = Api(server.address, create_key(server.database_url, "service"))
+    try:
+        yield owner, shop
+    finally:
+        await owner.close()
+        await shop.close()
