@@ -18,7 +18,7 @@ import psycopg
 
 from discount.v1 import discount_service_pb2 as pb
 from discount_service.claim_batcher import MAX_BATCH
-from tests.support import ServerHandle, claim_request, create_brand, generate_codes_sql, sql
+from tests.support import WAITING_ON_LOCKS, ServerHandle, claim_request, create_brand, generate_codes_sql, sql
 
 
 @dataclass(frozen=True)
@@ -113,9 +113,6 @@ async def test_claims_that_wait_for_their_brand_go_together_in_full_batches(serv
     create_brand(url, "hot")
     generate_codes_sql(url, "hot", 3 * MAX_BATCH)
     waiting = [f"w{i}" for i in range(2 * MAX_BATCH)]
-    waiting_on_locks = (
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pg_blocking_pids(pid) <> '{}'"
-    )
     channel, stub = server.aio_stub()
     async with channel, await psycopg.AsyncConnection.connect(url) as holder:
         # Hold the brand's feed-head row, which every claim transaction locks before it commits.
@@ -131,7 +128,7 @@ async def test_claims_that_wait_for_their_brand_go_together_in_full_batches(serv
             )
 
         first = claim("first")
-        while sql(url, waiting_on_locks) != [(1,)]:
+        while sql(url, WAITING_ON_LOCKS) != [(1,)]:
             await asyncio.sleep(0.01)
         rest = [claim(user) for user in waiting]
         # A round trip on the same channel, then time for the in-process server to take every
@@ -140,7 +137,7 @@ async def test_claims_that_wait_for_their_brand_go_together_in_full_batches(serv
         await asyncio.sleep(2.0)
         assert not first.done() and not any(f.done() for f in rest)
         # One transaction of the brand at a time: the others wait in the server, not in the database.
-        assert sql(url, waiting_on_locks) == [(1,)]
+        assert sql(url, WAITING_ON_LOCKS) == [(1,)]
         await holder.commit()
         replies = [await first, *await asyncio.gather(*rest)]
 

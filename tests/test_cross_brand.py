@@ -18,7 +18,15 @@ import pytest
 
 from discount.v1 import discount_service_pb2 as pb
 from discount_service.claim_batcher import MAX_TRANSACTIONS, ClaimBatcher
-from tests.support import ServerHandle, claim_request, create_brand, generate_codes_sql, in_process_server, sql
+from tests.support import (
+    WAITING_ON_LOCKS,
+    ServerHandle,
+    claim_request,
+    create_brand,
+    generate_codes_sql,
+    in_process_server,
+    sql,
+)
 
 BRANDS = 40
 CODES_PER_BRAND = 30
@@ -143,9 +151,6 @@ async def test_a_claim_that_fails_in_a_cross_brand_batch_fails_alone(
         CREATE TRIGGER refuse_poison BEFORE INSERT ON claims FOR EACH ROW EXECUTE FUNCTION refuse_poison();
         """,
     )
-    waiting_on_locks = (
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pg_blocking_pids(pid) <> '{}'"
-    )
     channel, stub = server.aio_stub()
     async with channel, await psycopg.AsyncConnection.connect(url) as holder:
         # Hold the feed heads of MAX_TRANSACTIONS brands of distinct lanes, and claim for each: every
@@ -161,7 +166,7 @@ async def test_a_claim_that_fails_in_a_cross_brand_batch_fails_alone(
             firsts.append(
                 asyncio.ensure_future(stub.ClaimCode(claim_request(brand, "first"), metadata=server.metadata()))
             )
-            while sql(url, waiting_on_locks) != [(i + 1,)]:
+            while sql(url, WAITING_ON_LOCKS) != [(i + 1,)]:
                 await asyncio.sleep(0.01)
 
         async def claim(brand: str, user: str) -> pb.ClaimCodeResponse | grpc.StatusCode:
