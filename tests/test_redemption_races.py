@@ -15,6 +15,7 @@ from discount.v1 import discount_service_pb2 as pb
 from discount.v1 import discount_service_pb2_grpc as pb_grpc
 from discount_dev.citus import CitusDatabases
 from discount_service.store import QUERIES
+from tests.grpc_errors import refusal
 from tests.support import (
     ServerHandle,
     claim_request,
@@ -25,7 +26,6 @@ from tests.support import (
     sql,
 )
 from tests.test_citus import brands_on_every_node, worker_port_of
-from tests.test_redemption import refusal
 
 pytestmark = pytest.mark.both_engines  # PostgreSQL and Citus (tests/conftest.py)
 
