@@ -36,6 +36,13 @@ async def is_waiting(task: asyncio.Task[int]) -> bool:
     return not task.done()
 
 
+async def assert_spent(shared: FanoutBudget) -> None:
+    """Nothing is left: the next stream to ask waits."""
+    waiting = asyncio.create_task(shared.take(100))
+    assert await is_waiting(waiting)
+    waiting.cancel()
+
+
 async def takes(shared: FanoutBudget, count: int) -> list[int]:
     """What `count` streams in a row, each asking for 100 messages, may send."""
     return [await shared.take(100) for _ in range(count)]
@@ -51,9 +58,7 @@ async def test_while_claims_are_made_streams_send_a_grant_at_a_time_out_of_the_k
     shared.claims_made(1)
     # The budget starts full, 4 claims' worth: 8 messages, no grant larger than 3.
     assert await takes(shared, 3) == [3, 3, 2]
-    waiting = asyncio.create_task(shared.take(100))
-    assert await is_waiting(waiting)
-    waiting.cancel()
+    await assert_spent(shared)
 
 
 async def test_each_claim_adds_its_messages_to_the_budget() -> None:
@@ -64,9 +69,7 @@ async def test_each_claim_adds_its_messages_to_the_budget() -> None:
     assert await takes(shared, 1) == [2]
     shared.claims_made(2)
     assert await takes(shared, 2) == [3, 1]
-    waiting = asyncio.create_task(shared.take(100))
-    assert await is_waiting(waiting)
-    waiting.cancel()
+    await assert_spent(shared)
 
 
 async def test_unused_budget_is_kept_for_a_burst_but_no_more() -> None:
@@ -75,9 +78,7 @@ async def test_unused_budget_is_kept_for_a_burst_but_no_more() -> None:
     assert await takes(shared, 3) == [3, 3, 2]
     shared.claims_made(1000)
     assert await takes(shared, 3) == [3, 3, 2]
-    waiting = asyncio.create_task(shared.take(100))
-    assert await is_waiting(waiting)
-    waiting.cancel()
+    await assert_spent(shared)
     # A budget never holds less than one grant, however little the claims add.
     small = FanoutBudget(per_claim=1.0, burst_claims=2, claims_seconds=CLAIMS_SECONDS, grant=16)
     small.claims_made(1)
