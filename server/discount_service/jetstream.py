@@ -3,12 +3,8 @@ check at startup that the stream can take them (relay.py runs the relay)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
-import threading
-from collections.abc import Awaitable, Coroutine, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -101,49 +97,6 @@ async def check_stream_at_start(settings: Settings) -> None:
         log.warning("NATS at %s: stream check failed (%r); the relay tries again", settings.nats_url, exc)
     finally:
         await client.close()
-
-
-class LoopThread:
-    """An event loop in a thread of its own, for NATS work kept off the loop that serves claims."""
-
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.started = False
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name=name)
-
-    def run(self, coroutine: Coroutine[Any, Any, Any]) -> Awaitable[Any]:
-        """Runs coroutine on this thread's loop; awaitable from the caller's loop."""
-        if not self.started:
-            self.started = True
-            self._thread.start()
-        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self.loop))
-
-    async def stop(self) -> None:
-        if self.started:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            await asyncio.to_thread(self._thread.join)
-        self.loop.close()
-
-
-async def cancel_and_wait(tasks: Iterable[asyncio.Task[None]]) -> None:
-    tasks = list(tasks)
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-
-
-def claim_headers(claim: Claim, stream: str) -> dict[str, str]:
-    sequence = str(claim.sequence)
-    return {
-        "Nats-Msg-Id": f"{claim.brand_id}:{sequence}",
-        "Discount-Brand-Id": claim.brand_id,
-        "Discount-Sequence": sequence,
-        "Content-Type": "application/json",
-        # JetStream refuses the message unless this stream would store it.
-        "Nats-Expected-Stream": stream,
-    }
 
 
 def claim_message(claim: Claim) -> bytes:

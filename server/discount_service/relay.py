@@ -14,10 +14,8 @@
   publish on it; the next connection starts again from the acknowledged positions, so nothing sent
   later can overtake a claim that was lost.
 - Cost: a brand that is up to date waits on the claim feed like a watcher (feed.py), so nothing is
-  read while no claims are made. The NATS connection has a thread and event loop of its own, so
-  publishes and PubAcks do not delay the loop that serves claims. On each (re)connection the brands
-  that are behind are caught up first, CATCH_UP_BRANDS of them per read, with the next read in
-  flight while a page is published.
+  read while no claims are made. On each (re)connection the brands that are behind are caught up
+  first, CATCH_UP_BRANDS of them per read, with the next read in flight while a page is published.
 """
 
 from __future__ import annotations
@@ -27,7 +25,6 @@ import contextlib
 import itertools
 import json
 import logging
-import threading
 import time
 from collections import deque
 from typing import Any
@@ -37,9 +34,9 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from . import errors, jetstream
+from . import errors
 from .feed import ClaimFeed
-from .jetstream import LoopThread, StreamMismatch, cancel_and_wait, claim_message, connect, ensure_stream, subject_for
+from .jetstream import StreamMismatch, claim_message, connect, ensure_stream, subject_for
 from .models import Claim
 from .settings import Settings
 from .store import RelayLock, Store
@@ -203,54 +200,38 @@ class ClaimRelay:
 
 
 class _Session:
-    """One NATS connection of the relay, from the catch-up to the first failure, in a LoopThread: the
-    serving loop hands it whole runs of claims and hears, once per batch of acks, how far each brand is
-    acknowledged. Publishes are core publishes with a reply subject for the PubAck, as nats-py's
-    publish_async makes them, with one subscription for all acks and no task or timer per message."""
+    """One NATS connection of the relay, from the catch-up to the first failure.
+
+    Publishes are JetStream publishes as nats-py's publish_async makes them (a core publish with a
+    reply subject the PubAck comes back on), with the acks matched here: one subscription for all of
+    them and no task or timer per message, a tenth of publish_async's cost per claim."""
 
     def __init__(self, relay: ClaimRelay) -> None:
         self.relay = relay
         self.client: NatsClient | None = None
-        self.loop = asyncio.get_running_loop()
-        self.failed: asyncio.Future[None] = self.loop.create_future()
+        self.failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._followers: dict[int, asyncio.Task[None]] = {}
-        self._sent: dict[int, int] = {}  # brand_key -> the last sequence handed over on this connection
-        self._handed = 0  # claims handed to the publishing thread (written on the serving loop only)
-        self._room = asyncio.Event()
-        self._nats = LoopThread("claim relay")
-        # In the publishing thread only.
         self._inbox = ""
         self._tokens = itertools.count()
-        self._runs: asyncio.Queue[tuple[int, list[Claim]]] = asyncio.Queue()
         # reply token -> (brand_key, sequence, when sent), oldest first.
         self._waiting: dict[str, tuple[int, int, float]] = {}
         # Per brand, its claims sent and not yet acknowledged, in order: [sequence, acknowledged].
         self._unacked: dict[int, deque[list[int]]] = {}
-        self._done = 0  # claims acknowledged (written in the publishing thread only)
-        self._tasks: list[asyncio.Task[None]] = []
-        self._ack_lock = threading.Lock()
-        self._ack_batch: dict[int, int] = {}  # for the serving loop, handed over in one call per batch
-        self._ack_call_pending = False
+        self._sent: dict[int, int] = {}  # brand_key -> the last sequence sent on this connection
+        self._room = asyncio.Event()
+        self._watchdog: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
-        await self._nats.run(self._open())
-
-    async def _open(self) -> None:
         self.client = await connect(self.relay.url, on_lost=self._lost)
         await ensure_stream(self.client.jetstream(), self.relay.stream, self.relay.prefix)
         self._inbox = self.client.new_inbox()
         await self.client.subscribe(f"{self._inbox}.*", cb=self._acked)
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._watch_acks()), loop.create_task(self._publish_runs())]
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch_acks())
 
     async def _lost(self, *_: Any) -> None:
         self.fail(nats.errors.ConnectionClosedError())
 
     def fail(self, exc: BaseException) -> None:
-        """From either thread: the session ends with exc."""
-        self.loop.call_soon_threadsafe(self._fail_here, exc)
-
-    def _fail_here(self, exc: BaseException) -> None:
         if not self.failed.done():
             self.failed.set_exception(exc)
 
@@ -272,48 +253,49 @@ class _Session:
             self.fail(exc)
 
     async def close(self) -> None:
-        await cancel_and_wait(self._followers.values())
-        if self._nats.started:
-            with contextlib.suppress(Exception):
-                await self._nats.run(self._close())
-        await self._nats.stop()
-        if self.failed.done() and not self.failed.cancelled():
-            self.failed.exception()  # retrieved: the session's end was reported by run()
-
-    async def _close(self) -> None:
-        await cancel_and_wait(self._tasks)
+        tasks = [*self._followers.values(), *([self._watchdog] if self._watchdog else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         if self.client is not None:
             with contextlib.suppress(Exception):
                 await self.client.close()
+        if self.failed.done() and not self.failed.cancelled():
+            self.failed.exception()  # retrieved: the session's end was reported by run()
 
-    async def _send(self, brand_key: int, claims: list[Claim]) -> None:
-        """Hands a brand's run of claims to the publishing thread, waiting while too many are unacknowledged."""
-        while self._handed - self._done >= MAX_IN_FLIGHT:
+    async def _publish(self, brand_key: int, claim: Claim) -> None:
+        assert self.client is not None
+        while len(self._waiting) >= MAX_IN_FLIGHT:
             self._room.clear()
             await asyncio.wait_for(self._room.wait(), ACK_TIMEOUT_SECONDS)
-        self._handed += len(claims)
-        self._sent[brand_key] = claims[-1].sequence
-        self._nats.loop.call_soon_threadsafe(self._runs.put_nowait, (brand_key, claims))
-
-    async def _publish_runs(self) -> None:
-        assert self.client is not None
-        while True:
-            brand_key, claims = await self._runs.get()
-            subject, stream = subject_for(self.relay.prefix, claims[0].brand_id), self.relay.stream
-            unacked = self._unacked.setdefault(brand_key, deque())
-            for claim in claims:
-                token = str(next(self._tokens))
-                self._waiting[token] = (brand_key, claim.sequence, time.monotonic())
-                unacked.append([claim.sequence, 0])
-                headers = jetstream.claim_headers(claim, stream)
-                await self.client.publish(
-                    subject, claim_message(claim), reply=f"{self._inbox}.{token}", headers=headers
-                )
+        sequence = str(claim.sequence)
+        headers = {
+            "Nats-Msg-Id": f"{claim.brand_id}:{sequence}",
+            "Discount-Brand-Id": claim.brand_id,
+            "Discount-Sequence": sequence,
+            "Content-Type": "application/json",
+            # JetStream refuses the message unless this stream would store it.
+            "Nats-Expected-Stream": self.relay.stream,
+        }
+        token = str(next(self._tokens))
+        self._waiting[token] = (brand_key, claim.sequence, time.monotonic())
+        self._unacked.setdefault(brand_key, deque()).append([claim.sequence, 0])
+        self._sent[brand_key] = claim.sequence
+        await self.client.publish(
+            subject_for(self.relay.prefix, claim.brand_id),
+            claim_message(claim),
+            reply=f"{self._inbox}.{token}",
+            headers=headers,
+        )
 
     async def _acked(self, message: Msg) -> None:
         waiting = self._waiting.pop(message.subject.rpartition(".")[2], None)
         if waiting is None:
             return
+        if len(self._waiting) < MAX_IN_FLIGHT:
+            self._room.set()
         if message.headers and message.headers.get(STATUS_HEADER) == "503":
             self.fail(nats.js.errors.NoStreamResponseError())
             return
@@ -325,27 +307,11 @@ class _Session:
         position = sequence - unacked[0][0]  # a brand's claims are sent with consecutive sequences
         if 0 <= position < len(unacked):
             unacked[position][1] = 1
-        last = done = 0
+        last = 0
         while unacked and unacked[0][1]:
             last = unacked.popleft()[0]
-            done += 1
         if last:
-            self._done += done
-            with self._ack_lock:
-                self._ack_batch[brand_key] = last
-                if self._ack_call_pending:
-                    return
-                self._ack_call_pending = True
-            self.loop.call_soon_threadsafe(self._take_acks)
-
-    def _take_acks(self) -> None:
-        """On the serving loop: the acks gathered since the last call."""
-        with self._ack_lock:
-            batch, self._ack_batch, self._ack_call_pending = self._ack_batch, {}, False
-        for brand_key, last in batch.items():
             self.relay.acknowledged(brand_key, last)
-        if self._handed - self._done < MAX_IN_FLIGHT:
-            self._room.set()
 
     async def _watch_acks(self) -> None:
         while True:
@@ -377,8 +343,8 @@ class _Session:
                     reading = asyncio.ensure_future(relay.store.feed_pages(more, PAGE_SIZE))
                 try:
                     for (_, key, _), page in zip(group, pages, strict=True):
-                        if page:
-                            await self._send(key, page)
+                        for claim in page:
+                            await self._publish(key, claim)
                 except BaseException:
                     if more:
                         reading.cancel()
@@ -391,8 +357,8 @@ class _Session:
         stream = self.relay.feed.watch(brand_id, brand_key, after, claims_per_message=_WHOLE_RUN)
         try:
             async for run in stream:
-                if run:
-                    await self._send(brand_key, list(run))
+                for claim in run:
+                    await self._publish(brand_key, claim)
                 # The claims committed meanwhile go out together: one write and one burst of acks for
                 # several claims instead of a few event-loop wake-ups each.
                 await asyncio.sleep(PUBLISH_GATHER_SECONDS)
