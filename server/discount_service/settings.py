@@ -4,36 +4,41 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T", int, float)
 
 
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable and what to do."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+def _parsed(env: Mapping[str, str], name: str, parse: Callable[[str], T], kind: str) -> tuple[str, T] | None:
+    """The variable's text and its value, or None when it is unset or empty (the default applies)."""
     raw = env.get(name)
     if raw is None or raw == "":
-        return default
+        return None
     try:
-        value = int(raw)
+        return raw, parse(raw)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not an integer") from None
-    if value < minimum:
-        raise SettingsError(f"{name}={value} must be at least {minimum}")
-    return value
+        raise SettingsError(f"{name}={raw!r} is not {kind}") from None
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    if (found := _parsed(env, name, int, "an integer")) is None:
+        return default
+    if found[1] < minimum:
+        raise SettingsError(f"{name}={found[1]} must be at least {minimum}")
+    return found[1]
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
+    if (found := _parsed(env, name, float, "a number")) is None:
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    raw, value = found
     if not math.isfinite(value) or value <= 0:
         raise SettingsError(f"{name}={raw!r} must be a positive, finite number")
     return value
@@ -51,13 +56,9 @@ def _log_level(raw: str) -> str:
 
 def _seconds(env: Mapping[str, str], name: str, default: float, maximum: float) -> float:
     """A duration in seconds that may be 0, up to `maximum`."""
-    raw = env.get(name)
-    if raw is None or raw == "":
+    if (found := _parsed(env, name, float, "a number of seconds")) is None:
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number of seconds") from None
+    raw, value = found
     if not (math.isfinite(value) and 0 <= value <= maximum):
         raise SettingsError(f"{name}={raw} must be between 0 and {maximum:g} seconds")
     return value
